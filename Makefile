@@ -1,0 +1,40 @@
+# lit_transfer developer commands. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torchvision wheels are built against one torch release: install the pair together, never beside another torch.
+TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.2
+DEMO_DATA ?= data/digits
+
+.PHONY: help venv demo test lint tensorboard clean
+
+help:  ## list the commands
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml Makefile
+	$(BIN)/pip install --quiet $(TORCH_PAIR)
+	$(BIN)/pip install --quiet -e ".[dev,demo]"
+	$(BIN)/python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	touch $@
+
+venv: $(VENV)/.installed  ## create .venv (if missing) and install the project with its dev and demo extras
+
+demo: venv  ## build the digits demo data set and train the quickstart config on it (CPU, a few minutes)
+	$(BIN)/python -m lit_transfer.demo $(DEMO_DATA)
+	$(BIN)/python -m lit_transfer fit --config configs/quickstart.yaml
+
+test: venv  ## run the test suite
+	$(BIN)/python -m pytest
+
+lint: venv  ## ruff
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check lit_transfer
+
+tensorboard: venv  ## serve the runs folder on http://localhost:6006
+	$(BIN)/tensorboard --logdir runs
+
+clean:  ## remove the virtual environment and caches (runs/ and data/ are kept)
+	rm -rf $(VENV) .pytest_cache .ruff_cache

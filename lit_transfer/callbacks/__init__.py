@@ -1,0 +1,5 @@
+"""Lightning callbacks of lit_transfer."""
+
+from lit_transfer.callbacks.predictions import PredictionWriter
+
+__all__ = ["PredictionWriter"]

@@ -1,0 +1,186 @@
+"""Backbone registry: a name and weights become a feature extractor ``(B, 3, H, W) -> (B, D)``.
+
+Every torchvision classification model is available under its builder name (``resnet50``, ``vgg16``, …); its final
+classification layer is replaced by ``nn.Identity`` so the head sees the penultimate features. Extra backbones are
+registered with :func:`register_backbone`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
+
+# Builder keyword arguments a feature extractor needs (auxiliary classifiers only cost time and memory here).
+_BUILDER_KWARGS: dict[str, dict[str, Any]] = {"googlenet": {"aux_logits": False}, "inception_v3": {"aux_logits": False}}
+
+
+@dataclass
+class Backbone:
+    """A feature extractor and what the head and the input pipeline need to know about it."""
+
+    module: nn.Module
+    feature_dim: int
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    removed_prefix: str | None = None  # state-dict prefix of the replaced classification layer
+
+
+BackboneBuilder = Callable[[], Backbone]
+_REGISTRY: dict[str, BackboneBuilder] = {}
+
+
+def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
+    """Register a builder ``() -> Backbone`` (random init) under ``name``."""
+
+    def wrap(fn: BackboneBuilder) -> BackboneBuilder:
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_backbones() -> list[str]:
+    """Every backbone name :func:`build_backbone` accepts."""
+    return sorted(set(torchvision.models.list_models(module=torchvision.models)) | set(_REGISTRY))
+
+
+class SmallCNN(nn.Sequential):
+    """The 32 px network of the torch.nn tutorial (seed 003): three 5x5 conv + max-pool blocks, 1024 → 64."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            nn.Conv2d(3, 32, 5, padding=2),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 32, 5, padding=2),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(4),  # identity at 32 px; lets other sizes reach the 1024 features too
+            nn.Flatten(),
+            nn.Linear(1024, 64),
+        )
+
+
+@register_backbone("smallcnn")
+def _smallcnn() -> Backbone:
+    return Backbone(SmallCNN(), 64)
+
+
+def _strip_classifier(model: nn.Module) -> tuple[int, str]:
+    """Replace the model's last ``nn.Linear`` with identity; return its input size and state-dict prefix."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = (name, module)
+    if last is None:
+        raise ValueError(f"{type(model).__name__} has no final linear layer to replace")
+    name, linear = last
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, nn.Identity())
+    return linear.in_features, name
+
+
+def _squeezenet_features(model: nn.Module) -> tuple[int, str]:
+    # SqueezeNet classifies with a 1x1 convolution; keep the pooling, drop the class projection.
+    model.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())  # type: ignore[assignment]
+    return 512, "classifier"
+
+
+def resolve_weights(name: str, weights: str) -> torchvision.models.WeightsEnum:
+    """The torchvision weights enum member ``weights`` (``DEFAULT``, ``IMAGENET1K_V1``, …) of backbone ``name``."""
+    try:
+        enum = torchvision.models.get_model_weights(name)
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"backbone {name!r} has no torchvision weights; use weights: null or a local file") from err
+    valid = ["DEFAULT", *enum.__members__]
+    key = weights.split(".")[-1]
+    if key not in valid:
+        raise ValueError(
+            f"unknown weights {weights!r} for backbone {name!r}; valid: {valid}, null, or a path to a weights file"
+        )
+    return enum.DEFAULT if key == "DEFAULT" else enum[key]
+
+
+def is_weights_file(weights: str) -> bool:
+    """Whether a ``weights`` value names a local file rather than a torchvision weights enum."""
+    return "/" in weights or "\\" in weights or weights.lower().endswith(WEIGHT_FILE_SUFFIXES)
+
+
+def build_backbone(name: str, weights: str | None = None) -> Backbone:
+    """Build backbone ``name`` with ``weights``: ``None`` (random), a torchvision weights name, or a local file."""
+    torchvision_names = set(torchvision.models.list_models(module=torchvision.models))
+    if name not in _REGISTRY and name not in torchvision_names:
+        close = difflib.get_close_matches(name, list_backbones(), n=5, cutoff=0.5)
+        hint = f"did you mean {close}?" if close else "see lit_transfer.models.list_backbones()"
+        raise ValueError(f"unknown backbone {name!r}; {hint}")
+    file_weights = weights is not None and is_weights_file(weights)
+    if name in _REGISTRY:
+        if weights is not None and not file_weights:
+            raise ValueError(f"backbone {name!r} has no named weights; use weights: null or a local file")
+        backbone = _REGISTRY[name]()
+    else:
+        enum = resolve_weights(name, weights) if weights is not None and not file_weights else None
+        model = torchvision.models.get_model(name, weights=enum, **_BUILDER_KWARGS.get(name, {}))
+        dim, prefix = _squeezenet_features(model) if name.startswith("squeezenet") else _strip_classifier(model)
+        backbone = Backbone(model, dim, removed_prefix=prefix)
+        if enum is not None:
+            preset = enum.transforms()
+            backbone.mean, backbone.std = tuple(preset.mean), tuple(preset.std)
+    if file_weights:
+        load_weights_file(backbone, name, weights)  # type: ignore[arg-type]
+    return backbone
+
+
+def _find_state_dict(obj: Any, path: str, name: str) -> dict[str, torch.Tensor]:
+    """The backbone tensors of a loaded weights file, whatever format saved it."""
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        saved = obj.get("hyper_parameters", {}).get("backbone")
+        if saved is not None and saved != name:
+            raise ValueError(
+                f"weights file {path!r} holds a {saved!r} backbone, not {name!r}; set model.backbone: {saved}"
+            )
+        state = {k[len("backbone.") :]: v for k, v in obj["state_dict"].items() if k.startswith("backbone.")}
+        if not state:
+            raise ValueError(f"checkpoint {path!r} has no 'backbone.' tensors; is it a lit_transfer checkpoint?")
+        return state
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):  # torchvision references format
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(
+            f"weights file {path!r} is not a state dict, a torchvision checkpoint or a lit_transfer checkpoint"
+        )
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_weights_file(backbone: Backbone, name: str, path: str) -> None:
+    """Load a local weights file into ``backbone`` (safely: ``weights_only=True`` never runs pickled code)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"weights file {path!r} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"cannot load weights file {path!r} safely (weights_only=True): {err}. Only tensors and plain types are "
+            "accepted; re-save the file as a state dict (torch.save(model.state_dict(), ...))"
+        ) from err
+    state = _find_state_dict(obj, path, name)
+    if backbone.removed_prefix:
+        state = {k: v for k, v in state.items() if not k.startswith(backbone.removed_prefix + ".")}
+    result = backbone.module.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"weights file {path!r} does not fit backbone {name!r}: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )

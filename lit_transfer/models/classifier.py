@@ -1,0 +1,274 @@
+"""TransferClassifier: any backbone + a new head, frozen or fine-tuned, with gradual unfreezing."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import instantiate_class
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from lit_transfer.models.backbones import build_backbone
+from lit_transfer.models.freezing import (
+    FreezeSpec,
+    apply_freeze,
+    backbone_stages,
+    format_parameter_table,
+    frozen_parameter_names,
+    parameter_table,
+    set_frozen_bn_eval,
+)
+from lit_transfer.models.heads import build_head
+
+DEFAULT_OPTIMIZER: dict[str, Any] = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3, "weight_decay": 0.01}}
+
+
+class TransferClassifier(pl.LightningModule):
+    """A torchvision (or registered) backbone with a new classification head.
+
+    ``num_classes`` and ``class_names`` come from the data module; a config never sets them. Inputs are ``uint8``
+    (or float in [0, 1]) batches; normalization happens here, on the device.
+
+    Args:
+        num_classes: number of classes (linked from the data module).
+        class_names: class names in label order (linked from the data module, stored in checkpoints).
+        backbone: torchvision model name (``resnet50``, ``vgg16``, …) or a registered one (``smallcnn``).
+        weights: ``null`` (random init), a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``) or a path to a
+            state dict, torchvision checkpoint or lit_transfer checkpoint (its backbone part).
+        hidden_dims: hidden layer sizes of the head; empty for a linear head.
+        dropout: dropout after each hidden layer (before the linear layer of a linear head).
+        freeze: ``none`` (fine-tune all), ``backbone`` (feature extraction), N (first N backbone stages) or a list of
+            parameter-name patterns.
+        unfreeze_at_epoch: epoch at which every frozen backbone parameter starts training.
+        unfreeze_milestones: epochs at which frozen stages are unfrozen step by step, from the top stage down.
+        backbone_lr_factor: backbone learning rate as a multiple of the head's.
+        optimizer: optimizer class_path/init_args (set with ``--optimizer``); default AdamW(lr=1e-3, wd=0.01).
+        lr_scheduler: scheduler class_path/init_args (set with ``--lr_scheduler``); overrides warmup/cosine.
+        warmup_epochs: linear warm-up length in epochs (fractions allowed), stepped per batch.
+        cosine: cosine decay to zero over the remaining training steps.
+        label_smoothing: label smoothing of the cross-entropy loss.
+        mean: input normalization mean; ``null`` uses the weights' own, else ImageNet's.
+        std: input normalization std; ``null`` uses the weights' own, else ImageNet's.
+        top_k: how many ranked classes predictions report.
+
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        class_names: list[str] | None = None,
+        backbone: str = "resnet18",
+        weights: str | None = None,
+        hidden_dims: list[int] | None = None,
+        dropout: float = 0.0,
+        freeze: FreezeSpec = "none",
+        unfreeze_at_epoch: int | None = None,
+        unfreeze_milestones: list[int] | None = None,
+        backbone_lr_factor: float = 1.0,
+        optimizer: dict | None = None,
+        lr_scheduler: dict | None = None,
+        warmup_epochs: float = 0.0,
+        cosine: bool = False,
+        label_smoothing: float = 0.0,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        top_k: int = 5,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes={num_classes}: a classifier needs at least two classes")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
+        if unfreeze_at_epoch is not None and unfreeze_milestones:
+            raise ValueError("give model.unfreeze_at_epoch or model.unfreeze_milestones, not both")
+        self.save_hyperparameters()
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        built = build_backbone(backbone, weights)
+        self.backbone = built.module
+        self.head = build_head(built.feature_dim, num_classes, hidden_dims or [], dropout)
+        self.register_buffer("mean", torch.tensor(mean or built.mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std or built.std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.milestones = [unfreeze_at_epoch] if unfreeze_at_epoch is not None else sorted(unfreeze_milestones or [])
+        self.initial_frozen = frozen_parameter_names(self.backbone, freeze)
+        self.frozen: set[str] = set()
+        self._set_frozen(self.frozen_at_epoch(0))
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        metrics = {
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "f1": MulticlassF1Score(num_classes, average="macro"),
+        }
+        if num_classes > 5:
+            metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+        base = MetricCollection(metrics)
+        self.metrics = nn.ModuleDict({f"{s}_metrics": base.clone(prefix=f"{s}_") for s in ("train", "val", "test")})
+
+    # --- freezing -------------------------------------------------------------------------------------------------
+
+    def frozen_at_epoch(self, epoch: int) -> set[str]:
+        """The backbone parameters frozen during ``epoch`` under the unfreeze schedule."""
+        passed = sum(1 for m in self.milestones if m <= epoch)
+        if passed == 0:
+            return set(self.initial_frozen)
+        if passed >= len(self.milestones):
+            return set()
+        stages = [s for s, _ in backbone_stages(self.backbone)]
+        frozen_stages = [s for s in stages if any(n.startswith(s + ".") for n in self.initial_frozen)]
+        # split the frozen stages into one chunk per milestone; the top chunk thaws first
+        per = math.ceil(len(frozen_stages) / len(self.milestones))
+        thawed = tuple(s + "." for s in frozen_stages[len(frozen_stages) - passed * per :])
+        return {n for n in self.initial_frozen if not n.startswith(thawed)}
+
+    def _set_frozen(self, frozen: set[str]) -> None:
+        self.frozen = frozen
+        apply_freeze(self.backbone, frozen)
+        if self.backbone_fully_frozen:
+            self.backbone.eval()
+
+    @property
+    def backbone_fully_frozen(self) -> bool:
+        """Whether no backbone parameter trains now (features are then computed in eval mode without gradients)."""
+        return all(not p.requires_grad for p in self.backbone.parameters())
+
+    def train(self, mode: bool = True) -> TransferClassifier:
+        """Switch modes, keeping frozen BatchNorm layers (or a fully frozen backbone) in eval mode."""
+        super().train(mode)
+        if mode:
+            if self.backbone_fully_frozen:
+                self.backbone.eval()
+            else:
+                set_frozen_bn_eval(self.backbone, self.frozen)
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        """Apply the unfreeze schedule for this epoch (derived from the epoch, so a resumed run gets it too)."""
+        frozen = self.frozen_at_epoch(self.current_epoch)
+        if frozen != self.frozen:
+            before = len(self.frozen)
+            self._set_frozen(frozen)
+            self.train()
+            rank_zero_info(
+                f"epoch {self.current_epoch}: unfroze {before - len(frozen)} backbone tensors, {len(frozen)} frozen"
+            )
+            self._log_parameter_table()
+
+    # --- forward and steps ----------------------------------------------------------------------------------------
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 or [0, 1] float images → normalized float images."""
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+        return (x - self.mean) / self.std
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features ``(B, D)`` of a batch of images."""
+        x = self.normalize(x)
+        if self.backbone_fully_frozen:
+            with torch.no_grad():
+                return self.backbone(x)
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits of a batch of images."""
+        return self.head(self.forward_features(x))
+
+    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        self.log(f"{stage}_loss", loss, on_epoch=True, on_step=False, prog_bar=True, batch_size=len(y))
+        metrics = self.metrics[f"{stage}_metrics"]
+        metrics.update(logits.detach(), y)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(y))
+        return loss
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Cross-entropy on one batch."""
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        """Accumulate validation loss and metrics."""
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        """Accumulate test loss and metrics."""
+        self._shared_step(batch, "test")
+
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Class probabilities and the dataset indices of the batch's files."""
+        x, index = batch
+        return {"probs": self(x).softmax(dim=1), "index": index}
+
+    # --- optimization ---------------------------------------------------------------------------------------------
+
+    def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Head and backbone groups; backbone parameters that ever train are in the optimizer from the start."""
+        groups = [{"params": list(self.head.parameters()), "lr": lr, "name": "head"}]
+        trains_later = bool(self.milestones)
+        backbone = [p for n, p in self.backbone.named_parameters() if n not in self.initial_frozen or trains_later]
+        if backbone:
+            groups.append({"params": backbone, "lr": lr * self.hparams.backbone_lr_factor, "name": "backbone"})
+        return groups
+
+    def configure_optimizers(self) -> Any:
+        """The optimizer over the parameter groups, and the scheduler (given, or warm-up/cosine per step)."""
+        init = self.hparams.optimizer or DEFAULT_OPTIMIZER
+        lr = float(init.get("init_args", {}).get("lr", 1e-3))
+        optimizer = instantiate_class(self.parameter_groups(lr), init)
+        if self.hparams.lr_scheduler:
+            scheduler = instantiate_class(optimizer, self.hparams.lr_scheduler)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
+        if not self.hparams.warmup_epochs and not self.hparams.cosine:
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        per_epoch = total / max(1, self.trainer.max_epochs or 1)
+        warmup = int(self.hparams.warmup_epochs * per_epoch)
+        cosine = self.hparams.cosine
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if not cosine:
+                return 1.0
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- reporting and checkpoints --------------------------------------------------------------------------------
+
+    def _log_parameter_table(self) -> None:
+        table = format_parameter_table(parameter_table(self.backbone, self.head))
+        rank_zero_info(f"{self.hparams.backbone} parameters:\n{table}")
+        if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
+            self.logger.experiment.add_text("parameters", f"```\n{table}\n```", self.global_step)
+
+    def on_fit_start(self) -> None:
+        """Print and log the trainable/frozen parameter table."""
+        self._log_parameter_table()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store what a user of the checkpoint needs to know, as plain types."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        checkpoint["lit_transfer"] = {
+            "class_names": list(self.class_names),
+            "mean": self.mean.flatten().tolist(),
+            "std": self.std.flatten().tolist(),
+            "image_size": getattr(datamodule, "image_size", None),
+            "manifest_hash": getattr(datamodule, "manifest_hash", None),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose classes differ from this model's."""
+        saved = checkpoint.get("lit_transfer", {}).get("class_names")
+        if saved is not None and list(saved) != list(self.class_names):
+            raise ValueError(
+                f"the checkpoint was trained on classes {saved}, but the data has {self.class_names}; "
+                "use the data the checkpoint was trained on"
+            )

@@ -1,0 +1,107 @@
+"""Freeze policies for backbones: which parameters train, frozen BatchNorm in eval mode, the audit table."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+FreezeSpec = str | int | list[str]
+
+
+def backbone_stages(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Top-level stages of a backbone in forward order: children that hold parameters.
+
+    A child called ``features`` (VGG, EfficientNet, MobileNet, DenseNet, ConvNeXt) is expanded into its own children,
+    so "the first N stages" is as fine-grained there as ResNet's ``conv1 … layer4``.
+    """
+    stages: list[tuple[str, nn.Module]] = []
+    for name, child in backbone.named_children():
+        if name == "features" and isinstance(child, nn.Sequential):
+            stages += [(f"features.{n}", c) for n, c in child.named_children() if any(True for _ in c.parameters())]
+        elif any(True for _ in child.parameters()):
+            stages.append((name, child))
+    return stages
+
+
+def frozen_parameter_names(backbone: nn.Module, freeze: FreezeSpec) -> set[str]:
+    """Names (relative to the backbone) of the parameters that ``freeze`` freezes.
+
+    ``freeze`` is ``"none"`` (fine-tune everything), ``"backbone"`` (feature extraction), an integer N (the first N
+    stages of :func:`backbone_stages`) or a list of ``fnmatch`` patterns or name prefixes (``"layer1"``,
+    ``"features.*"``).
+    """
+    names = [n for n, _ in backbone.named_parameters()]
+    if freeze == "none":
+        return set()
+    if freeze == "backbone":
+        return set(names)
+    if isinstance(freeze, int) and not isinstance(freeze, bool):
+        stages = backbone_stages(backbone)
+        if not 0 <= freeze <= len(stages):
+            raise ValueError(f"freeze={freeze}: this backbone has {len(stages)} stages ({[s for s, _ in stages]})")
+        prefixes = [s + "." for s, _ in stages[:freeze]]
+        return {n for n in names if n.startswith(tuple(prefixes))}
+    if isinstance(freeze, list | tuple):
+        frozen = set()
+        for pattern in freeze:
+            hits = {n for n in names if fnmatch.fnmatchcase(n, pattern) or n.startswith(pattern.rstrip(".") + ".")}
+            if not hits:
+                raise ValueError(
+                    f"freeze pattern {pattern!r} matches no backbone parameter; stages are "
+                    f"{[s for s, _ in backbone_stages(backbone)]}"
+                )
+            frozen |= hits
+        return frozen
+    raise ValueError(f"freeze={freeze!r}: use 'none', 'backbone', a number of stages, or a list of name patterns")
+
+
+def apply_freeze(backbone: nn.Module, frozen: set[str]) -> None:
+    """Set ``requires_grad`` from the frozen set and put fully frozen BatchNorm layers in eval mode."""
+    for name, param in backbone.named_parameters():
+        param.requires_grad_(name not in frozen)
+    set_frozen_bn_eval(backbone, frozen)
+
+
+def frozen_batchnorms(backbone: nn.Module, frozen: set[str]) -> list[_BatchNorm]:
+    """BatchNorm layers whose affine parameters are all frozen (their running statistics must not move either)."""
+    out = []
+    for name, module in backbone.named_modules():
+        if isinstance(module, _BatchNorm):
+            params = [f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False)]
+            if params and all(p in frozen for p in params):
+                out.append(module)
+    return out
+
+
+def set_frozen_bn_eval(backbone: nn.Module, frozen: set[str]) -> None:
+    """Keep frozen BatchNorm layers in eval mode, whatever ``.train()`` did to the rest."""
+    for bn in frozen_batchnorms(backbone, frozen):
+        bn.eval()
+
+
+def parameter_table(backbone: nn.Module, head: nn.Module) -> list[tuple[str, int, int]]:
+    """``(stage, trainable, frozen)`` parameter counts per backbone stage, then the head and the total."""
+    rows = []
+    seen: set[int] = set()
+    for stage, module in [*backbone_stages(backbone), ("head", head)]:
+        params = [p for p in module.parameters() if id(p) not in seen]
+        seen |= {id(p) for p in params}
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        rows.append((stage, trainable, sum(p.numel() for p in params) - trainable))
+    rest = [p for p in backbone.parameters() if id(p) not in seen]
+    if rest:
+        trainable = sum(p.numel() for p in rest if p.requires_grad)
+        rows.append(("(other)", trainable, sum(p.numel() for p in rest) - trainable))
+    rows.append(("total", sum(r[1] for r in rows), sum(r[2] for r in rows)))
+    return rows
+
+
+def format_parameter_table(rows: Sequence[tuple[str, int, int]]) -> str:
+    """The parameter table as aligned text."""
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'stage':<{width}}  {'trainable':>13}  {'frozen':>13}"]
+    lines += [f"{name:<{width}}  {t:>13,}  {f:>13,}" for name, t, f in rows]
+    return "\n".join(lines)
