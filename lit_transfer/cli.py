@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, LRSchedulerTypeTuple
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.optim import Optimizer
 
-from lit_transfer.callbacks import PredictionWriter
+from lit_transfer.callbacks import PredictionWriter, RunCheckpoint
 from lit_transfer.data import BaseImageDataModule
 from lit_transfer.models import TransferClassifier
 
@@ -50,7 +50,7 @@ class LitTransferCLI(LightningCLI):
         parser.add_argument(
             "--test_after_fit", type=bool, default=False, help="After fit, test the best checkpoint on the test split."
         )
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val_acc",

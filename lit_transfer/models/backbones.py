@@ -105,7 +105,9 @@ def resolve_weights(name: str, weights: str) -> torchvision.models.WeightsEnum:
     except (ValueError, KeyError) as err:
         raise ValueError(f"backbone {name!r} has no torchvision weights; use weights: null or a local file") from err
     valid = ["DEFAULT", *enum.__members__]
-    key = weights.split(".")[-1]
+    prefix, _, key = weights.rpartition(".")
+    if prefix and prefix.split(".")[-1] != enum.__name__:  # ResNet18_Weights.X given for resnet50: not silently
+        raise ValueError(f"weights {weights!r} are not {enum.__name__} weights of backbone {name!r}; valid: {valid}")
     if key not in valid:
         raise ValueError(
             f"unknown weights {weights!r} for backbone {name!r}; valid: {valid}, null, or a path to a weights file"
@@ -146,7 +148,8 @@ def build_backbone(name: str, weights: str | None = None) -> Backbone:
 def _find_state_dict(obj: Any, path: str, name: str) -> dict[str, torch.Tensor]:
     """The backbone tensors of a loaded weights file, whatever format saved it."""
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        saved = obj.get("hyper_parameters", {}).get("backbone")
+        hparams = obj.get("hyper_parameters")
+        saved = hparams.get("backbone") if isinstance(hparams, dict) else None
         if saved is not None and saved != name:
             raise ValueError(
                 f"weights file {path!r} holds a {saved!r} backbone, not {name!r}; set model.backbone: {saved}"
@@ -178,7 +181,10 @@ def load_weights_file(backbone: Backbone, name: str, path: str) -> None:
     state = _find_state_dict(obj, path, name)
     if backbone.removed_prefix:
         state = {k: v for k, v in state.items() if not k.startswith(backbone.removed_prefix + ".")}
-    result = backbone.module.load_state_dict(state, strict=False)
+    try:
+        result = backbone.module.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # tensor shape mismatches raise even with strict=False; name the file
+        raise ValueError(f"weights file {path!r} does not fit backbone {name!r}: {err}") from err
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(
             f"weights file {path!r} does not fit backbone {name!r}: missing {result.missing_keys[:5]}, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import lightning.pytorch as pl
@@ -25,6 +26,9 @@ from lit_transfer.models.freezing import (
     set_frozen_bn_eval,
 )
 from lit_transfer.models.heads import build_head
+
+# Frozen parts are put in eval mode on purpose (BatchNorm statistics must not move); Lightning warns about it.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
 
 DEFAULT_OPTIMIZER: dict[str, Any] = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3, "weight_decay": 0.01}}
 

@@ -18,6 +18,8 @@ def build_head(
         raise ValueError(f"num_classes={num_classes}: the data has no classes")
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout={dropout} must be in [0, 1)")
+    if any(hidden < 1 for hidden in hidden_dims):
+        raise ValueError(f"hidden_dims={list(hidden_dims)}: every hidden layer needs at least one unit")
     layers: list[nn.Module] = []
     width = in_features
     for hidden in hidden_dims:

@@ -1,0 +1,160 @@
+"""The command line end to end: run folders, checkpoints, resume, predict, config errors."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lit_transfer.cli import main
+
+
+def tiny_args(root: Path, *extra: str, epochs: int = 1, backbone: str = "smallcnn") -> list[str]:
+    return [
+        "--data", "ImageFolderDataModule",
+        "--data.root", str(root),
+        "--data.image_size", "32",
+        "--data.batch_size", "8",
+        "--data.num_workers", "0",
+        "--data.test_fraction", "0.25",
+        "--data.val_fraction", "0.25",
+        "--model", "TransferClassifier",
+        "--model.backbone", backbone,
+        "--trainer.max_epochs", str(epochs),
+        "--trainer.accelerator", "cpu",
+        "--trainer.enable_progress_bar", "false",
+        "--experiment", "tiny",
+        *extra,
+    ]  # fmt: skip
+
+
+def run_dir(base: Path, version: int = 0) -> Path:
+    return base / "runs" / "tiny" / f"version_{version}"
+
+
+def test_fit_writes_a_complete_run_folder(image_tree: Path, in_tmp: Path) -> None:
+    main(["fit", *tiny_args(image_tree, epochs=2)])
+    run = run_dir(in_tmp)
+    assert (run / "config.yaml").is_file()
+    assert list(run.glob("events.out.tfevents.*"))
+    ckpts = {p.name for p in (run / "checkpoints").iterdir()}
+    assert "last.ckpt" in ckpts and any(name.startswith("epoch") for name in ckpts)
+    # the manifest lists every image once, with its class and split
+    with open(run / "split_manifest.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 24 and {r["split"] for r in rows} == {"train", "val", "test"}
+    assert all(Path(r["path"]).parts[0] == r["class"] for r in rows)
+    # checkpoints hold plain types only and know their classes
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["class_names"] == ["blue", "green", "red"]
+    assert ckpt["hyper_parameters"]["num_classes"] == 3
+    assert ckpt["lit_transfer"]["class_names"] == ["blue", "green", "red"]
+    assert ckpt["lit_transfer"]["image_size"] == 32 and len(ckpt["lit_transfer"]["manifest_hash"]) == 16
+    assert ckpt["epoch"] == 1
+    # the saved config resolves the seed and reproduces the run
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["seed_everything"] == 42 and saved["model"]["init_args"]["backbone"] == "smallcnn"
+    # TensorBoard has the epoch metrics with underscore names and the LR of every group
+    events = EventAccumulator(str(run))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train_loss", "train_acc", "val_loss", "val_acc", "val_f1"} <= tags
+    assert any(t.startswith("lr-") and t.endswith("head") for t in tags)
+    assert "parameters" in {t.split("/")[0] for t in events.Tags()["tensors"]}
+
+
+def test_resume_from_last_checkpoint_continues(image_tree: Path, in_tmp: Path) -> None:
+    main(["fit", *tiny_args(image_tree, epochs=1)])
+    first = torch.load(run_dir(in_tmp) / "checkpoints" / "last.ckpt", weights_only=True)
+    last = str(run_dir(in_tmp) / "checkpoints" / "last.ckpt")
+    main(["fit", *tiny_args(image_tree, epochs=3), "--ckpt_path", last])
+    resumed = torch.load(run_dir(in_tmp, 1) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["epoch"] == 2
+    assert resumed["global_step"] == 3 * first["global_step"]
+    assert resumed["optimizer_states"][0]["state"]  # optimizer state carried over, not restarted
+
+
+def test_resume_after_unfreeze_keeps_parameter_groups(image_tree: Path, in_tmp: Path) -> None:
+    extra = ["--model.backbone", "resnet18", "--model.freeze", "backbone", "--model.unfreeze_at_epoch", "1",
+             "--model.backbone_lr_factor", "0.1", "--optimizer", "SGD", "--optimizer.lr", "0.05"]  # fmt: skip
+    main(["fit", *tiny_args(image_tree, *extra, epochs=2)])
+    last = run_dir(in_tmp) / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    groups = ckpt["optimizer_states"][0]["param_groups"]
+    assert [g["name"] for g in groups] == ["head", "backbone"]
+    assert groups[1]["lr"] == pytest.approx(0.1 * groups[0]["lr"])
+    main(["fit", *tiny_args(image_tree, *extra, epochs=3), "--ckpt_path", str(last)])
+    resumed = torch.load(run_dir(in_tmp, 1) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["epoch"] == 2
+    # the backbone kept training after the resume: its weights moved between the two checkpoints
+    key = "backbone.layer4.1.conv2.weight"
+    assert not torch.equal(ckpt["state_dict"][key], resumed["state_dict"][key])
+
+
+def test_predict_writes_named_predictions(image_tree: Path, in_tmp: Path, tmp_path: Path) -> None:
+    main(["fit", *tiny_args(image_tree, epochs=2)])
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, name in enumerate(["red/img_000.png", "green/img_001.png", "blue/img_002.png"]):
+        (photos / f"p{i}.png").write_bytes((image_tree / name).read_bytes())
+    (photos / "notes.txt").write_text("not an image")
+    ckpt = run_dir(in_tmp) / "checkpoints" / "last.ckpt"
+    main(["predict", *tiny_args(image_tree), "--ckpt_path", str(ckpt), "--data.predict_dir", str(photos)])
+    with open(run_dir(in_tmp, 1) / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [Path(r["path"]).name for r in rows] == ["p0.png", "p1.png", "p2.png"]
+    for row in rows:
+        assert row["prediction"] in {"red", "green", "blue"} and row["prediction"] == row["top1"]
+        probs = [float(row[f"top{k}_prob"]) for k in (1, 2, 3)]
+        assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1, abs=1e-4)
+        assert float(row["confidence"]) == probs[0]
+
+
+def test_test_after_fit_and_merged_configs(image_tree: Path, in_tmp: Path, tmp_path: Path) -> None:
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({"trainer": {"max_epochs": 5}, "model": {"init_args": {"dropout": 0.1}}}))
+    override = tmp_path / "override.yaml"
+    override.write_text(yaml.safe_dump({"trainer": {"max_epochs": 1}}))
+    args = tiny_args(image_tree)
+    args.remove("--experiment")
+    args.remove("tiny")
+    main(["fit", "--config", str(base), "--config", str(override), *args, "--test_after_fit", "true"])
+    run = in_tmp / "runs" / "override" / "version_0"  # experiment named after the last config file
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["trainer"]["max_epochs"] == 1 and saved["model"]["init_args"]["dropout"] == 0.1
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert "test_acc" in events.Tags()["scalars"]
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lit_transfer", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_config_mistakes_fail_before_training(image_tree: Path, tmp_path: Path) -> None:
+    typo = run_cli("fit", *tiny_args(image_tree, "--model.backbon", "resnet18"), cwd=tmp_path)
+    assert typo.returncode != 0 and "backbon" in typo.stderr
+    unknown = run_cli("fit", *tiny_args(image_tree, backbone="resnet5"), cwd=tmp_path)
+    assert unknown.returncode == 2 and "resnet50" in unknown.stderr and "Traceback" not in unknown.stderr
+    missing = run_cli("fit", *tiny_args(tmp_path / "nowhere"), cwd=tmp_path)
+    assert missing.returncode == 2 and "nowhere" in missing.stderr
+    bad_weights = run_cli("fit", *tiny_args(image_tree, "--model.weights", "IMAGENET9K", backbone="resnet18"),
+                          cwd=tmp_path)  # fmt: skip
+    assert bad_weights.returncode == 2 and "IMAGENET1K_V1" in bad_weights.stderr
+    assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_print_config_shows_defaults(image_tree: Path, tmp_path: Path) -> None:
+    shown = run_cli("fit", *tiny_args(image_tree), "--print_config", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    config = yaml.safe_load(shown.stdout)
+    assert config["checkpoint"]["monitor"] == "val_acc" and config["checkpoint"]["save_last"] is True
+    assert config["seed_everything"] == 42
