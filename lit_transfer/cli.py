@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import ActionConfigFile, Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, LRSchedulerTypeTuple
@@ -103,9 +105,46 @@ class LitTransferCLI(LightningCLI):
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
 
+# Subcommands beyond Trainer's fit/validate/test/predict: name → "module:function" taking the remaining arguments.
+EXTRA_COMMANDS: dict[str, str] = {
+    "stats": "lit_transfer.data.stats:main",
+    "audit-rotnet": "lit_transfer.rotnet_audit:main",
+}
+
+# Top-level keys of a full config that a data-only command accepts and ignores.
+_NON_DATA_KEYS = (
+    "trainer", "model", "optimizer", "lr_scheduler", "checkpoint", "seed_everything",
+    "experiment", "runs_dir", "test_after_fit", "ckpt_path",
+)  # fmt: skip
+
+
+def parse_data_module(args: list[str]) -> tuple[BaseImageDataModule, Namespace]:
+    """Instantiate only the data module of a full fit config (``--config X.yaml``, ``--data.*`` overrides).
+
+    The other sections are accepted and returned unparsed, so a data-only command (``stats``) never builds a model
+    or downloads weights.
+    """
+    parser = LightningArgumentParser(prog="lit_transfer")
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file(s), merged in order.")
+    parser.add_lightning_class_args(BaseImageDataModule, "data", subclass_mode=True)
+    for key in _NON_DATA_KEYS:
+        parser.add_argument(f"--{key}", type=Any, default=None)
+    config = parser.parse_args(args)
+    try:
+        init = parser.instantiate_classes(config)
+    except (ValueError, FileNotFoundError, NotADirectoryError, KeyError, TypeError) as err:
+        raise ConfigError(str(err)) from err
+    return init.data, config
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``python -m lit_transfer`` and the ``lit-transfer`` script."""
+    argv = sys.argv[1:] if args is None else list(args)
     try:
+        if argv and argv[0] in EXTRA_COMMANDS:
+            module, _, function = EXTRA_COMMANDS[argv[0]].partition(":")
+            getattr(importlib.import_module(module), function)(argv[1:])
+            return
         LitTransferCLI(args=args)
     except ConfigError as err:
         print(f"lit_transfer: configuration error: {err}", file=sys.stderr)
