@@ -12,10 +12,15 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, LRSchedulerTypeTuple
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.optim import Optimizer
 
 from lit_transfer.callbacks import PredictionWriter, RunCheckpoint
+from lit_transfer.callbacks.checkpoint import AtomicCheckpointIO, is_valid_checkpoint, newest_valid_checkpoint
+from lit_transfer.callbacks.reproducibility import EpochSeeder
 from lit_transfer.data import BaseImageDataModule
+from lit_transfer.data.images import BadImageError
 from lit_transfer.models import TransferClassifier
 
 DEFAULT_SEED = 42
@@ -82,20 +87,92 @@ class LitTransferCLI(LightningCLI):
             raise ConfigError(str(err)) from err
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The trainer, with a TensorBoard logger in the run folder unless the config sets a logger."""
+        """The trainer with lit_transfer's defaults: run-folder logger, atomic checkpoints, per-epoch seeding."""
         config = self._get(self.config_init, "trainer", default={})
+        version = self._resolve_ckpt_path()
         if config.get("logger") is None:
-            runs_dir = self._get(self.config, "runs_dir", "runs")
             kwargs.setdefault(
-                "logger", TensorBoardLogger(save_dir=runs_dir, name=self._experiment_name(), default_hp_metric=False)
+                "logger",
+                TensorBoardLogger(
+                    save_dir=self._get(self.config, "runs_dir", "runs"),
+                    name=self._experiment_name(),
+                    version=version,
+                    default_hp_metric=False,
+                ),
             )
+        if not config.get("plugins"):
+            kwargs.setdefault("plugins", [AtomicCheckpointIO()])
         callbacks: list[Any] = [PredictionWriter()]
+        seed = self._get(self.config, "seed_everything")
+        if seed is not False and seed is not None:
+            callbacks.append(EpochSeeder(int(seed)))
         if kwargs.get("logger", config.get("logger")) is not False:
             callbacks.append(LearningRateMonitor(logging_interval="epoch"))
         if config.get("enable_progress_bar") is not False:
             callbacks.append(RichProgressBar())
         self.trainer_defaults["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
+
+    def _resolve_ckpt_path(self) -> int | None:
+        """Check ``--ckpt_path`` before anything runs; ``last`` means the newest readable epoch-end checkpoint.
+
+        Returns the version number of the run folder the checkpoint belongs to when ``fit`` resumes one of this
+        experiment's runs, so the resumed run continues in the same folder (TensorBoard curves, checkpoints).
+        """
+        if self.subcommand is None:
+            return None
+        ckpt = self.config_init[self.subcommand].get("ckpt_path")
+        if not ckpt or ckpt in ("best", "hpc", "registry"):
+            return None
+        runs = Path(self._get(self.config, "runs_dir", "runs")) / self._experiment_name()
+        if ckpt == "last":
+            found = newest_valid_checkpoint(sorted(runs.glob("version_*/checkpoints")))
+            if found is None:
+                raise ConfigError(
+                    f"--ckpt_path last: no readable checkpoint in {runs}/version_*/checkpoints/; run without "
+                    "--ckpt_path to start training, or give a checkpoint file"
+                )
+            rank_zero_info(f"resuming from {found}")
+            ckpt = str(found)
+            self.config_init[self.subcommand]["ckpt_path"] = ckpt
+        elif "://" not in str(ckpt):
+            if not Path(ckpt).is_file():
+                raise ConfigError(f"--ckpt_path {ckpt!r} does not exist")
+            reason = is_valid_checkpoint(ckpt)
+            if reason is not None:
+                raise ConfigError(
+                    f"--ckpt_path {ckpt!r} cannot be loaded ({reason}); use --ckpt_path last to take the newest "
+                    "readable checkpoint of this experiment"
+                )
+        folder = Path(ckpt).resolve().parent
+        if self.subcommand == "fit" and folder.name == "checkpoints" and folder.parent.parent == runs.resolve():
+            name = folder.parent.name
+            if name.startswith("version_") and name[len("version_") :].isdigit():
+                return int(name[len("version_") :])
+        return None
+
+    def _setup_data_early(self, stage: str) -> None:
+        """Scan the data before the trainer starts, so a bad folder is a configuration error, not a crash."""
+        try:
+            self.datamodule.setup(stage)
+        except (ValueError, FileNotFoundError, NotADirectoryError, BadImageError) as err:
+            raise ConfigError(str(err)) from err
+
+    def before_fit(self) -> None:
+        """Check the data before training."""
+        self._setup_data_early("fit")
+
+    def before_validate(self) -> None:
+        """Check the data before validating."""
+        self._setup_data_early("validate")
+
+    def before_test(self) -> None:
+        """Check the data before testing."""
+        self._setup_data_early("test")
+
+    def before_predict(self) -> None:
+        """Check the data before predicting."""
+        self._setup_data_early("predict")
 
     def after_fit(self) -> None:
         """Test the best checkpoint right away when ``--test_after_fit true``."""
@@ -149,3 +226,28 @@ def main(args: list[str] | None = None) -> None:
     except ConfigError as err:
         print(f"lit_transfer: configuration error: {err}", file=sys.stderr)
         sys.exit(2)
+    except SIGTERMException:
+        print("lit_transfer: stopped by SIGTERM after saving interrupted.ckpt", file=sys.stderr)
+        sys.exit(143)  # 128 + SIGTERM, what schedulers expect from a process ended by the signal
+    except RuntimeError as err:
+        hint = loader_hint(str(err))
+        if hint:
+            print(f"lit_transfer: {hint}", file=sys.stderr)
+        raise
+
+
+def loader_hint(message: str) -> str | None:
+    """Advice for DataLoader failures whose message does not say what to change."""
+    if "shared memory" in message or "Bus error" in message or "/dev/shm" in message:
+        return (
+            "the DataLoader ran out of shared memory (/dev/shm). Give the container more (docker --shm-size=8g), "
+            "lower data.init_args.num_workers or data.init_args.batch_size, or use num_workers: 0"
+        )
+    if "Too many open files" in message or "received 0 items of ancdata" in message:
+        return (
+            "too many open files: raise the limit (ulimit -n 65536) or lower data.init_args.num_workers; "
+            "torch.multiprocessing.set_sharing_strategy('file_system') also helps"
+        )
+    if "DataLoader timed out" in message:
+        return "a DataLoader worker hung past data.init_args.loader_timeout; check the files it was reading"
+    return None

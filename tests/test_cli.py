@@ -72,9 +72,10 @@ def test_fit_writes_a_complete_run_folder(image_tree: Path, in_tmp: Path) -> Non
 def test_resume_from_last_checkpoint_continues(image_tree: Path, in_tmp: Path) -> None:
     main(["fit", *tiny_args(image_tree, epochs=1)])
     first = torch.load(run_dir(in_tmp) / "checkpoints" / "last.ckpt", weights_only=True)
-    last = str(run_dir(in_tmp) / "checkpoints" / "last.ckpt")
-    main(["fit", *tiny_args(image_tree, epochs=3), "--ckpt_path", last])
-    resumed = torch.load(run_dir(in_tmp, 1) / "checkpoints" / "last.ckpt", weights_only=True)
+    main(["fit", *tiny_args(image_tree, epochs=3), "--ckpt_path", "last"])
+    # the resumed run continues in the same run folder
+    assert not run_dir(in_tmp, 1).exists()
+    resumed = torch.load(run_dir(in_tmp) / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["epoch"] == 2
     assert resumed["global_step"] == 3 * first["global_step"]
     assert resumed["optimizer_states"][0]["state"]  # optimizer state carried over, not restarted
@@ -90,7 +91,7 @@ def test_resume_after_unfreeze_keeps_parameter_groups(image_tree: Path, in_tmp: 
     assert [g["name"] for g in groups] == ["head", "backbone"]
     assert groups[1]["lr"] == pytest.approx(0.1 * groups[0]["lr"])
     main(["fit", *tiny_args(image_tree, *extra, epochs=3), "--ckpt_path", str(last)])
-    resumed = torch.load(run_dir(in_tmp, 1) / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = torch.load(last, weights_only=True)
     assert resumed["epoch"] == 2
     # the backbone kept training after the resume: its weights moved between the two checkpoints
     key = "backbone.layer4.1.conv2.weight"

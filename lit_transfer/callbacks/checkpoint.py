@@ -1,16 +1,100 @@
-"""Checkpointing: the best checkpoints by a monitored metric, and a ``last.ckpt`` that follows every epoch."""
+"""Checkpointing that never loses work: atomic writes, ``last.ckpt`` every epoch, a checkpoint on SIGTERM."""
 
 from __future__ import annotations
 
+import io
+import os
+from pathlib import Path
+from typing import Any
+
 import lightning.pytorch as pl
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+INTERRUPTED_NAME = "interrupted"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints atomically on local disks and load them with ``weights_only=True``.
+
+    The file is written beside its target under a temporary name, flushed and fsynced, then renamed over the target
+    (and the folder fsynced), so a kill at any moment leaves either the old checkpoint or the new one, never half of
+    one; a folder that refuses writes is an error, not silence. Remote (fsspec URL) paths use Lightning's writer.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        """Serialize ``checkpoint`` to ``path`` atomically."""
+        if "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(buffer.getbuffer())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise OSError(f"could not write checkpoint {str(target)!r}: {err}") from err
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        """Load a checkpoint; pickled code is never executed (``weights_only=True`` whatever is asked)."""
+        if map_location is None:
+            map_location = "cpu"
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as err:
+            raise ValueError(
+                f"cannot load checkpoint {str(path)!r} safely: {err}. lit_transfer loads checkpoints with "
+                "weights_only=True; a file holding pickled objects other than tensors and plain types is refused"
+            ) from err
+
+
+def is_valid_checkpoint(path: str | Path) -> str | None:
+    """``None`` when ``path`` loads as a checkpoint, else the reason it does not."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        return f"{type(err).__name__}: {err}"
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        return "no state_dict in the file"
+    return None
+
+
+def newest_valid_checkpoint(folders: list[Path]) -> Path | None:
+    """The most recent epoch-end checkpoint in ``folders`` that loads; unreadable ones are reported and passed over.
+
+    ``interrupted.ckpt`` (a mid-epoch SIGTERM save) is not an epoch-end checkpoint and is not considered.
+    """
+    candidates = [p for folder in folders for p in folder.glob("*.ckpt") if not p.name.startswith(INTERRUPTED_NAME)]
+    for path in sorted(candidates, key=lambda p: (p.stat().st_mtime, p.name.startswith("last")), reverse=True):
+        reason = is_valid_checkpoint(path)
+        if reason is None:
+            return path
+        rank_zero_warn(f"skipping unreadable checkpoint {str(path)!r} ({reason}); trying an older one")
+    return None
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose ``last.ckpt`` is rewritten at every epoch end.
+    """``ModelCheckpoint`` whose ``last.ckpt`` follows every epoch and which saves ``interrupted.ckpt`` on SIGTERM.
 
     Lightning 2.6 refreshes ``last.ckpt`` only when a top-k checkpoint was saved in the same step, so an epoch that
-    does not improve the monitored metric leaves ``last.ckpt`` behind and a resume silently repeats that epoch.
+    does not improve the monitored metric would leave ``last.ckpt`` behind and a resume would repeat that epoch.
     """
 
     def _refresh_last(self, trainer: pl.Trainer) -> None:
@@ -28,3 +112,12 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_validation_end(trainer, pl_module)
         if not self._should_skip_saving_checkpoint(trainer) and not self._should_save_on_train_epoch_end(trainer):
             self._refresh_last(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """On SIGTERM (pre-emption, ``scancel``), save the progress of the current epoch as ``interrupted.ckpt``."""
+        if not isinstance(exception, SIGTERMException) or trainer.fast_dev_run or self.dirpath is None:
+            super().on_exception(trainer, pl_module, exception)
+            return
+        path = os.path.join(self.dirpath, f"{INTERRUPTED_NAME}{self.FILE_EXTENSION}")
+        trainer.save_checkpoint(path)
+        rank_zero_info(f"SIGTERM: saved {path} (epoch {trainer.current_epoch}, step {trainer.global_step})")

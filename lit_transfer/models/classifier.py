@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import instantiate_class
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
@@ -60,6 +61,8 @@ class TransferClassifier(pl.LightningModule):
         mean: input normalization mean; ``null`` uses the weights' own, else ImageNet's.
         std: input normalization std; ``null`` uses the weights' own, else ImageNet's.
         top_k: how many ranked classes predictions report.
+        on_nonfinite_loss: ``error`` stops at a NaN/inf training loss naming the batch's files; ``skip`` skips the
+            batch and counts it.
 
     """
 
@@ -83,6 +86,7 @@ class TransferClassifier(pl.LightningModule):
         mean: list[float] | None = None,
         std: list[float] | None = None,
         top_k: int = 5,
+        on_nonfinite_loss: Literal["error", "skip"] = "error",
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -103,6 +107,7 @@ class TransferClassifier(pl.LightningModule):
         self.frozen: set[str] = set()
         self._set_frozen(self.frozen_at_epoch(0))
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.skipped_batches = 0
         metrics = {
             "acc": MulticlassAccuracy(num_classes, average="micro"),
             "f1": MulticlassF1Score(num_classes, average="macro"),
@@ -181,15 +186,36 @@ class TransferClassifier(pl.LightningModule):
         """Class logits of a batch of images."""
         return self.head(self.forward_features(x))
 
-    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
-        x, y = batch
+    def _shared_step(self, batch: Sequence[Any], stage: str) -> torch.Tensor | None:
+        x, y = batch[0], batch[1]
+        if len(y) == 0:  # every image of the batch was unreadable (and reported by the data module)
+            return None
         logits = self(x)
         loss = self.criterion(logits, y)
+        if stage == "train" and not torch.isfinite(loss):
+            return self._non_finite(loss, batch)
         self.log(f"{stage}_loss", loss, on_epoch=True, on_step=False, prog_bar=True, batch_size=len(y))
         metrics = self.metrics[f"{stage}_metrics"]
         metrics.update(logits.detach(), y)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(y))
         return loss
+
+    def _non_finite(self, loss: torch.Tensor, batch: Sequence[Any]) -> None:
+        """Stop (before any checkpoint holds NaN weights) or skip the batch, naming its files."""
+        files: list[str] = []
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if len(batch) > 2 and hasattr(datamodule, "paths_of"):
+            files = datamodule.paths_of("train", batch[2].tolist())
+        shown = ", ".join(files[:8]) + (" …" if len(files) > 8 else "")
+        where = f"epoch {self.current_epoch}, step {self.global_step}"
+        if self.hparams.on_nonfinite_loss == "skip":
+            self.skipped_batches += 1
+            rank_zero_warn(f"skipped a batch with loss {loss.item()} at {where} (#{self.skipped_batches}): {shown}")
+            return None
+        raise FloatingPointError(
+            f"training loss is {loss.item()} at {where}; batch files: {shown or 'unknown'}. Lower the learning rate, "
+            "check these images, or set model.init_args.on_nonfinite_loss: skip"
+        )
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Cross-entropy on one batch."""
@@ -205,8 +231,7 @@ class TransferClassifier(pl.LightningModule):
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """Class probabilities and the dataset indices of the batch's files."""
-        x, index = batch
-        return {"probs": self(x).softmax(dim=1), "index": index}
+        return {"probs": self(batch[0]).softmax(dim=1), "index": batch[1]}
 
     # --- optimization ---------------------------------------------------------------------------------------------
 

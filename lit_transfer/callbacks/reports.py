@@ -1,0 +1,318 @@
+"""TensorBoard reports: augmented batch grid, confusion matrix, per-class metrics and the most confident mistakes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image, ImageDraw, ImageFont
+from torchmetrics.classification import MulticlassConfusionMatrix
+from torchvision.utils import make_grid
+
+TAG = "reports"
+
+
+def _font(size: int = 11) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """``uint8`` images as they are; float images in [0, 1] scaled to ``uint8``."""
+    if images.dtype == torch.uint8:
+        return images
+    return images.float().clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def _fit(text: str, width: int, draw: ImageDraw.ImageDraw, font: Any) -> str:
+    """``text`` cut with an ellipsis to fit ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def class_metrics(matrix: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-class precision, recall, F1 and support from a confusion matrix (rows: true, columns: predicted).
+
+    A class that is never predicted has precision 0, and one without samples has recall 0, as in torchmetrics.
+    """
+    m = matrix.double()
+    tp, support, predicted = m.diag(), m.sum(dim=1), m.sum(dim=0)
+    precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
+    recall = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
+    total = precision + recall
+    f1 = torch.where(total > 0, 2 * precision * recall / total.clamp(min=1e-12), torch.zeros_like(tp))
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support.long()}
+
+
+def format_class_table(matrix: torch.Tensor, class_names: Sequence[str]) -> str:
+    """A Markdown table of per-class precision, recall, F1 and support, with the macro average."""
+    metrics = class_metrics(matrix)
+    worst = sorted(range(len(class_names)), key=lambda i: (float(metrics["f1"][i]), class_names[i]))[:5]
+    lines = [
+        "lowest F1: " + ", ".join(f"{class_names[i]} ({float(metrics['f1'][i]):.2f})" for i in worst),
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for i, name in enumerate(class_names):
+        p, r, f = (float(metrics[k][i]) for k in ("precision", "recall", "f1"))
+        lines.append(f"| {name} | {p:.3f} | {r:.3f} | {f:.3f} | {int(metrics['support'][i])} |")
+    p, r, f = (float(metrics[k].mean()) for k in ("precision", "recall", "f1"))
+    lines.append(f"| **macro average** | {p:.3f} | {r:.3f} | {f:.3f} | {int(metrics['support'].sum())} |")
+    return "\n".join(lines)
+
+
+def render_confusion_matrix(matrix: torch.Tensor, class_names: Sequence[str]) -> Image.Image:
+    """The confusion matrix as a heat map, each row scaled by its class's count (so the diagonal is recall).
+
+    Class names label the axes while cells are at least 10 pixels; counts are printed in cells of 24 pixels or more.
+    """
+    n = len(class_names)
+    counts = matrix.long().cpu()
+    rows = counts.double() / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    cell = max(3, min(40, 640 // max(n, 1)))
+    font = _font(11 if cell >= 14 else 9)
+    labelled = cell >= 10
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = min(160, 8 + max(int(probe.textlength(c, font=font)) for c in class_names)) if labelled else 0
+    left, top, pad = label_w + 24, label_w + 40, 8
+    size = cell * n
+    img = Image.new("RGB", (left + size + pad, top + size + pad), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((pad, 4), "confusion matrix: rows true, columns predicted (row-normalized)", fill="black", font=font)
+    dark = np.array([8, 48, 107], dtype=np.float64)
+    for i in range(n):
+        for j in range(n):
+            v = float(rows[i, j])
+            colour = tuple(int(c) for c in np.round(255 - (255 - dark) * v))
+            x, y = left + j * cell, top + i * cell
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour)
+            if cell >= 24 and counts[i, j] > 0:
+                text = str(int(counts[i, j]))
+                w = draw.textlength(text, font=font)
+                draw.text((x + (cell - w) / 2, y + cell / 2 - 6), text, fill="white" if v > 0.5 else "black", font=font)
+    draw.rectangle([left - 1, top - 1, left + size, top + size], outline="gray")
+    draw.text((4, top - 16), "true ↓", fill="gray", font=font)
+    draw.text((left, top - 16 - (label_w if labelled else 0)), "predicted →", fill="gray", font=font)
+    if labelled:
+        for i, name in enumerate(class_names):
+            text = _fit(name, label_w - 8, draw, font)
+            draw.text((left - 6 - draw.textlength(text, font=font), top + i * cell + cell / 2 - 6), text, fill="black", font=font)
+            # column labels: drawn horizontally on a strip, then turned upright
+            strip = Image.new("RGB", (label_w, cell), "white")
+            ImageDraw.Draw(strip).text((2, cell / 2 - 6), text, fill="black", font=font)
+            img.paste(strip.rotate(90, expand=True), (left + i * cell, top - 4 - label_w))
+    return img
+
+
+def _caption_tile(image: torch.Tensor, lines: Sequence[str], size: int) -> torch.Tensor:
+    """One ``uint8`` CHW image scaled to ``size`` pixels wide with text lines below it."""
+    array = image.permute(1, 2, 0).numpy()
+    pil = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array[..., :3]).convert("RGB")
+    height = max(1, round(size * pil.height / pil.width))
+    pil = pil.resize((size, height), Image.Resampling.BILINEAR)
+    font = _font(11)
+    band = 14 * len(lines) + 4
+    tile = Image.new("RGB", (size, height + band), "white")
+    tile.paste(pil, (0, 0))
+    draw = ImageDraw.Draw(tile)
+    for k, line in enumerate(lines):
+        draw.text((2, height + 2 + 14 * k), _fit(line, size - 4, draw, font), fill="black", font=font)
+    return torch.from_numpy(np.asarray(tile).copy()).permute(2, 0, 1)
+
+
+class TensorBoardReports(Callback):
+    """Images and tables for TensorBoard that scalars cannot show.
+
+    - at the first training batch of a fit: a grid of the augmented batch as the model sees it (``reports/train_batch``,
+      labels in ``reports/train_batch_labels``), and the model graph with ``log_graph``;
+    - at the end of every ``every_n_epochs``-th validation: the confusion matrix (``reports/confusion_matrix``), a
+      per-class precision/recall/F1 table (``reports/per_class``) and the ``max_mistakes`` most confidently wrong
+      validation images with their true and predicted classes (``reports/top_mistakes``, as a table in
+      ``reports/top_mistakes_table``).
+
+    The confusion matrix is a torchmetrics metric (synchronized across ranks); the mistakes are kept on the CPU as
+    the validation runs (never more than ``2 * max_mistakes`` images) and gathered from every rank at the end. Only
+    rank zero writes. The logits come from the validation step's output ``{"logits": ...}`` when the model returns
+    one, else from a second forward pass. Without a TensorBoard logger the callback does nothing.
+
+    Args:
+        every_n_epochs: report every this many validation epochs.
+        max_images: training images in the batch grid.
+        max_mistakes: most confident mistakes shown.
+        log_graph: also log the model graph (traced once on the first training images, in eval mode).
+        tile_size: width in pixels of each image in the mistakes grid.
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        max_images: int = 32,
+        max_mistakes: int = 16,
+        log_graph: bool = False,
+        tile_size: int = 112,
+    ) -> None:
+        if every_n_epochs < 1 or max_images < 1 or max_mistakes < 1 or tile_size < 16:
+            raise ValueError("every_n_epochs, max_images and max_mistakes must be positive and tile_size at least 16")
+        self.every_n_epochs = every_n_epochs
+        self.max_images = max_images
+        self.max_mistakes = max_mistakes
+        self.log_graph = log_graph
+        self.tile_size = tile_size
+        self._batch_logged = False
+        self._collecting = False
+        self._confmat: MulticlassConfusionMatrix | None = None
+        self._mistakes: list[tuple[float, torch.Tensor, int, int]] = []
+        self._image_shape: tuple[int, ...] | None = None
+
+    @staticmethod
+    def _logger(trainer: pl.Trainer) -> TensorBoardLogger | None:
+        return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+    @staticmethod
+    def _class_names(pl_module: pl.LightningModule, n: int) -> list[str]:
+        names = list(getattr(pl_module, "class_names", None) or [])
+        return names if len(names) == n else [str(i) for i in range(n)]
+
+    # --- the augmented batch and the graph ------------------------------------------------------------------------
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Log the first training batch of this fit."""
+        self._batch_logged = False
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        """Write the grid of the first training batch (and the graph) as the model receives them."""
+        if self._batch_logged:
+            return
+        self._batch_logged = True
+        logger = self._logger(trainer)
+        if logger is None or not trainer.is_global_zero:
+            return
+        x, y = batch[0], batch[1]
+        shown = _to_uint8(x[: self.max_images].detach()).cpu()
+        nrow = min(8, len(shown))
+        writer = logger.experiment
+        writer.add_image(f"{TAG}/train_batch", make_grid(shown, nrow=nrow, padding=2), trainer.global_step)
+        names = self._class_names(pl_module, getattr(pl_module, "num_classes", 0) or len(pl_module.class_names))
+        labels = [names[int(t)] if int(t) < len(names) else str(int(t)) for t in y[: len(shown)]]
+        table = ["| " + " | ".join(labels[r : r + nrow]) + " |" for r in range(0, len(labels), nrow)]
+        header = "| " + " | ".join(f"col {c + 1}" for c in range(nrow)) + " |\n|" + "---|" * nrow + "\n"
+        writer.add_text(f"{TAG}/train_batch_labels", header + "\n".join(table), trainer.global_step)
+        if self.log_graph:
+            self._write_graph(logger, pl_module, x[:1])
+
+    @staticmethod
+    def _write_graph(logger: TensorBoardLogger, pl_module: pl.LightningModule, x: torch.Tensor) -> None:
+        # Traced in eval mode: a train-mode trace would move BatchNorm statistics and consume dropout randomness.
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.no_grad():
+                logger.experiment.add_graph(pl_module, x)
+        except Exception as err:  # tracing fails for some architectures; the run must go on
+            rank_zero_warn(f"TensorBoardReports: could not trace the model graph: {err}")
+        finally:
+            pl_module.train(was_training)
+
+    # --- validation reports ---------------------------------------------------------------------------------------
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Start collecting when this validation epoch is reported on."""
+        self._collecting = (
+            self._logger(trainer) is not None
+            and not trainer.sanity_checking
+            and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        )
+        if self._collecting:
+            num_classes = int(getattr(pl_module.hparams, "num_classes", 0) or len(pl_module.class_names))
+            self._confmat = MulticlassConfusionMatrix(num_classes).to(pl_module.device)
+            self._mistakes = []
+
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Update the confusion matrix and the running top mistakes with this batch."""
+        if not self._collecting or self._confmat is None:
+            return
+        x, y = batch[0], batch[1]
+        logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
+        if logits is None:
+            with torch.no_grad():
+                logits = pl_module(x)
+        confidence, predicted = logits.detach().float().softmax(dim=1).max(dim=1)
+        self._confmat.update(predicted, y)
+        self._image_shape = tuple(x.shape[1:])
+        wrong = (predicted != y).nonzero().flatten()
+        if len(wrong) == 0:
+            return
+        top = wrong[confidence[wrong].topk(min(self.max_mistakes, len(wrong))).indices]
+        images = _to_uint8(x[top].detach()).cpu()
+        for k, i in enumerate(top.tolist()):
+            self._mistakes.append((float(confidence[i]), images[k], int(y[i]), int(predicted[i])))
+        self._mistakes.sort(key=lambda m: -m[0])
+        del self._mistakes[self.max_mistakes :]
+
+    def _gather_mistakes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[tuple]:
+        if trainer.world_size <= 1 or self._image_shape is None:
+            return self._mistakes
+        k = self.max_mistakes
+        confidence = torch.full((k,), -1.0)
+        images = torch.zeros((k, *self._image_shape), dtype=torch.uint8)
+        labels = torch.zeros((k, 2), dtype=torch.long)
+        for i, (c, image, true, pred) in enumerate(self._mistakes):
+            confidence[i], images[i], labels[i] = c, image, torch.tensor([true, pred])
+        device = pl_module.device
+        gathered = [
+            pl_module.all_gather(t.to(device)).flatten(0, 1).cpu() for t in (confidence, images, labels)
+        ]  # every rank takes part: all_gather is a collective
+        order = [i for i in gathered[0].argsort(descending=True).tolist() if gathered[0][i] >= 0][:k]
+        return [(float(gathered[0][i]), gathered[1][i], int(gathered[2][i, 0]), int(gathered[2][i, 1])) for i in order]
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write the confusion matrix, the per-class table and the top mistakes (rank zero)."""
+        if not self._collecting or self._confmat is None:
+            return
+        self._collecting = False
+        matrix = self._confmat.compute().cpu()  # every rank: compute() synchronizes across processes
+        mistakes = self._gather_mistakes(trainer, pl_module)
+        self._confmat, self._mistakes = None, []
+        logger = self._logger(trainer)
+        if logger is None or not trainer.is_global_zero:
+            return
+        writer, step = logger.experiment, trainer.global_step
+        names = self._class_names(pl_module, matrix.shape[0])
+        cm = render_confusion_matrix(matrix, names)
+        writer.add_image(f"{TAG}/confusion_matrix", np.asarray(cm), step, dataformats="HWC")
+        writer.add_text(f"{TAG}/per_class", format_class_table(matrix, names), step)
+        if not mistakes:
+            writer.add_text(f"{TAG}/top_mistakes_table", "no misclassified validation images", step)
+            return
+        tiles = [
+            _caption_tile(image, [f"true: {names[t]}", f"pred: {names[p]} {c:.2f}"], self.tile_size)
+            for c, image, t, p in mistakes
+        ]
+        height = max(t.shape[1] for t in tiles)
+        tiles = [torch.nn.functional.pad(t, (0, 0, 0, height - t.shape[1]), value=255) for t in tiles]
+        nrow = min(len(tiles), max(1, math.ceil(math.sqrt(len(tiles)))))
+        writer.add_image(f"{TAG}/top_mistakes", make_grid(tiles, nrow=nrow, padding=4, pad_value=255), step)
+        rows = [f"| {r + 1} | {names[t]} | {names[p]} | {c:.3f} |" for r, (c, _, t, p) in enumerate(mistakes)]
+        table = "| rank | true | predicted | confidence |\n|---:|---|---|---:|\n" + "\n".join(rows)
+        writer.add_text(f"{TAG}/top_mistakes_table", table, step)

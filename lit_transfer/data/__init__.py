@@ -1,0 +1,6 @@
+"""Data modules: files → samples → transforms → batches, with splits and class names."""
+
+from lit_transfer.data.base import BaseImageDataModule
+from lit_transfer.data.folder import ImageFolderDataModule
+
+__all__ = ["BaseImageDataModule", "ImageFolderDataModule"]

@@ -1,0 +1,441 @@
+"""Shared DataModule plumbing: datasets of files, reproducible loaders, bad-image policy, split manifest."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from lit_transfer.data.images import BadImageError, check_image_header, find_images, load_rgb
+from lit_transfer.data.splits import Sample, group_by_split, manifest_hash, write_manifest
+from lit_transfer.data.transforms import Transform, eval_transform, train_transform
+
+MANIFEST_NAME = "split_manifest.csv"
+BAD_IMAGES_NAME = "bad_images.csv"
+BadImagePolicy = Literal["skip", "error"]
+
+
+def default_num_workers() -> int:
+    """The cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from several integers, the same on every machine and Python version."""
+    digest = hashlib.blake2b(",".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class BadSample(NamedTuple):
+    """What a dataset returns instead of an image it could not decode (under ``bad_images: skip``)."""
+
+    path: str
+    split: str
+    reason: str
+
+
+class Batch(NamedTuple):
+    """A collated batch: images, targets (labels, or file indices for predict), dataset indices, skipped files."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    indices: torch.Tensor
+    bad: list[BadSample]
+
+
+class EpochSampler(Sampler):
+    """Yields ``(index, epoch)``: the order is a permutation seeded by ``(seed, epoch)``, not by the global RNG.
+
+    Passing the epoch with each index lets every sample seed its own augmentation from ``(seed, epoch, index)``, so
+    an epoch draws the same images and the same augmentations whichever worker loads them and whether the run was
+    resumed or not.
+    """
+
+    def __init__(self, size: int, shuffle: bool, seed: int) -> None:
+        self.size = size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at every epoch start."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = list(range(self.size))
+        return iter([(i, self.epoch) for i in order])
+
+
+class ImageFilesDataset(Dataset):
+    """Images from a list of files; items are ``(uint8 CHW tensor, target, index)`` or a :class:`BadSample`.
+
+    ``targets`` are class labels for training and evaluation, or the item's own index for prediction. Items are
+    addressed by an index or by ``(index, epoch)`` (from :class:`EpochSampler`); random transforms then draw from a
+    generator seeded by ``(seed, epoch, index)``.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        paths: Sequence[str],
+        targets: Sequence[int],
+        transform: Transform,
+        split: str = "train",
+        bad_images: BadImagePolicy = "skip",
+        seed: int = 0,
+    ) -> None:
+        self.root = Path(root)
+        self.paths = list(paths)
+        self.targets = list(targets)
+        self.transform = transform
+        self.split = split
+        self.bad_images = bad_images
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, index: int) -> Any:
+        """The decoded RGB image of item ``index``, or a :class:`BadSample` under the skip policy."""
+        path = self.root / self.paths[index]
+        try:
+            return load_rgb(path)
+        except Exception as err:  # a worker must not die on one file: name it and go on, or stop with its name
+            if self.bad_images == "error":
+                raise BadImageError(
+                    f"cannot read image {str(path)!r} ({self.split} split): {err}. Fix or remove the file, or set "
+                    "data.init_args.bad_images: skip"
+                ) from err
+            return BadSample(str(path), self.split, f"{type(err).__name__}: {err}")
+
+    def __getitem__(self, item: int | tuple[int, int]) -> Any:
+        index, epoch = item if isinstance(item, tuple) else (item, 0)
+        image = self.load(index)
+        if isinstance(image, BadSample):
+            return image
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(mix_seed(self.seed, epoch, index))
+            tensor = self.transform(image)
+        return tensor, self.targets[index], index
+
+
+def collate_skipping_bad(items: list[Any]) -> Batch:
+    """Stack the good items; carry the skipped files along so the main process can report them."""
+    good = [item for item in items if not isinstance(item, BadSample)]
+    bad = [item for item in items if isinstance(item, BadSample)]
+    if not good:
+        empty = torch.empty(0, dtype=torch.long)
+        return Batch(torch.empty(0, 3, 1, 1, dtype=torch.uint8), empty, empty, bad)
+    return Batch(
+        torch.stack([g[0] for g in good]),
+        torch.tensor([g[1] for g in good], dtype=torch.long),
+        torch.tensor([g[2] for g in good], dtype=torch.long),
+        bad,
+    )
+
+
+class BaseImageDataModule(pl.LightningDataModule):
+    """Loaders, transforms, bad-image handling and manifest handling shared by every lit_transfer data module.
+
+    Subclasses set ``class_names`` in ``__init__`` (so ``num_classes`` can flow to the model before training) and
+    implement :meth:`build_samples`.
+
+    Args:
+        image_size: side of the square crops fed to the model.
+        batch_size: images per batch (per device).
+        num_workers: loader processes; ``None`` uses every core this process may use.
+        augmentation: train transform preset (``standard``, ``seed002``, ``none``).
+        pin_memory: page-locked batches; ``None`` pins when a GPU is used.
+        persistent_workers: keep loader processes alive between epochs.
+        predict_dir: folder of images for ``predict`` (searched recursively).
+        seed: seed of the split assignment, the shuffling and the augmentation.
+        bad_images: ``skip`` unreadable images and list them in ``bad_images.csv``, or stop with an ``error``.
+        max_bad_fraction: stop before training when more than this share of the images is unreadable.
+        check_images: read every file's header at setup, so most bad files are known before training starts.
+        loader_timeout: seconds to wait for a batch from a worker before failing (0 waits forever).
+
+    """
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        augmentation: str = "standard",
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        predict_dir: str | None = None,
+        seed: int = 42,
+        bad_images: BadImagePolicy = "skip",
+        max_bad_fraction: float = 0.05,
+        check_images: bool = True,
+        loader_timeout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        train_transform(augmentation, image_size)  # fail on an unknown preset before anything runs
+        if image_size < 8:
+            raise ValueError(f"data.image_size={image_size} is too small; use at least 8 pixels")
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size={batch_size} must be at least 1")
+        if bad_images not in ("skip", "error"):
+            raise ValueError(f"data.bad_images={bad_images!r}: use 'skip' or 'error'")
+        if predict_dir is not None and not Path(predict_dir).is_dir():
+            raise FileNotFoundError(f"data.predict_dir {predict_dir!r} does not exist or is not a directory")
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.augmentation = augmentation
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.predict_dir = predict_dir
+        self.seed = seed
+        self.bad_images = bad_images
+        self.max_bad_fraction = max_bad_fraction
+        self.check_images = check_images
+        self.loader_timeout = loader_timeout
+        self.class_names: list[str] = []
+        self.samples: list[Sample] = []
+        self.data_root: Path = Path(".")
+        self.predict_paths: list[str] = []
+        self.bad_found: list[BadSample] = []
+        self._reported: set[str] = set()
+        self._written_to: str | None = None
+        self._datasets: dict[str, ImageFilesDataset] = {}
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes, known right after ``__init__``."""
+        return len(self.class_names)
+
+    def build_samples(self) -> tuple[Path, list[Sample]]:
+        """Scan the data and return the folder the sample paths are relative to, and the samples of every split."""
+        raise NotImplementedError
+
+    @property
+    def manifest_hash(self) -> str | None:
+        """Hash of the split assignment, once :meth:`setup` has run."""
+        return manifest_hash(self.samples, self.class_names) if self.samples else None
+
+    # --- setup ----------------------------------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        """Scan files, drop unreadable ones, and build the datasets the ``stage`` needs."""
+        if stage == "predict":
+            self._setup_predict()
+        else:
+            if not self.samples:
+                self.data_root, samples = self.build_samples()
+                self.samples = self._screen(samples)
+                by_split = group_by_split(self.samples)
+                counts = ", ".join(f"{s} {len(by_split.get(s, []))}" for s in ("train", "val", "test"))
+                rank_zero_info(f"{type(self).__name__}: {self.num_classes} classes; images: {counts}")
+            self._build_datasets()
+        self._write_run_files()
+
+    def _setup_predict(self) -> None:
+        if not self.predict_dir:
+            raise ValueError("predict needs a folder of images: pass --data.init_args.predict_dir DIR")
+        paths = find_images(self.predict_dir)
+        if not paths:
+            raise ValueError(f"data.predict_dir {self.predict_dir!r} holds no image files")
+        samples = self._screen([Sample(p, i, "predict") for i, p in enumerate(paths)], root=Path(self.predict_dir))
+        self.predict_paths = [s.path for s in samples]
+        self._datasets["predict"] = self.make_dataset(
+            self.predict_dir, self.predict_paths, list(range(len(samples))), "predict"
+        )
+
+    def _screen(self, samples: list[Sample], root: Path | None = None) -> list[Sample]:
+        """Drop files whose header is unreadable, report them, and stop when too many are bad."""
+        if not self.check_images:
+            return samples
+        root = self.data_root if root is None else root
+        good, bad = [], []
+        for sample in samples:
+            reason = check_image_header(root / sample.path)
+            if reason is None:
+                good.append(sample)
+            else:
+                bad.append(BadSample(str(root / sample.path), sample.split, reason))
+        if not bad:
+            return samples
+        listing = "; ".join(f"{b.path} ({b.reason})" for b in bad[:10]) + (" …" if len(bad) > 10 else "")
+        if self.bad_images == "error":
+            raise BadImageError(
+                f"{len(bad)} unreadable image(s): {listing}. Fix or remove them, or set data.init_args.bad_images: skip"
+            )
+        fraction = len(bad) / len(samples)
+        if fraction > self.max_bad_fraction:
+            raise BadImageError(
+                f"{len(bad)} of {len(samples)} images ({fraction:.1%}) are unreadable, more than "
+                f"data.init_args.max_bad_fraction={self.max_bad_fraction}: {listing}"
+            )
+        self.bad_found += bad
+        self._reported |= {b.path for b in bad}
+        rank_zero_warn(f"skipping {len(bad)} unreadable image(s), listed in {BAD_IMAGES_NAME} in the run folder")
+        return good
+
+    def make_dataset(self, root: str | Path, paths: Sequence[str], targets: Sequence[int], split: str) -> Dataset:
+        """The dataset of one split: the train transform for ``train``, the evaluation transform otherwise."""
+        if split == "train":
+            transform = train_transform(self.augmentation, self.image_size)
+        else:
+            transform = eval_transform(self.image_size)
+        return ImageFilesDataset(root, paths, targets, transform, split, self.bad_images, self.seed)
+
+    def _build_datasets(self) -> None:
+        by_split = group_by_split(self.samples)
+        for split in ("train", "val", "test"):
+            items = by_split.get(split, [])
+            self._datasets[split] = self.make_dataset(
+                self.data_root, [s.path for s in items], [s.label for s in items], split
+            )
+
+    def paths_of(self, split: str, indices: Sequence[int]) -> list[str]:
+        """File paths of dataset items, for messages that must name files."""
+        dataset = self._datasets.get(split)
+        root = getattr(dataset, "root", Path("."))
+        return [str(root / dataset.paths[i]) for i in indices] if dataset is not None else []
+
+    # --- run folder -----------------------------------------------------------------------------------------------
+
+    def _run_dir(self) -> Path | None:
+        trainer = self.trainer
+        if trainer is None or trainer.fast_dev_run or trainer.log_dir is None:
+            return None  # fast_dev_run logs nowhere: its log_dir would be the working directory
+        return Path(trainer.log_dir)
+
+    def _write_run_files(self) -> None:
+        run_dir = self._run_dir()
+        if run_dir is None or not self.trainer.is_global_zero or self._written_to == str(run_dir):
+            return
+        self._written_to = str(run_dir)
+        if self.samples:
+            write_manifest(run_dir / MANIFEST_NAME, self.samples, self.class_names)
+        self._write_bad(self.bad_found, fresh=True)
+
+    def _write_bad(self, bad: list[BadSample], fresh: bool = False) -> None:
+        run_dir = self._run_dir()
+        if run_dir is None or not bad:
+            return
+        path = run_dir / BAD_IMAGES_NAME
+        run_dir.mkdir(parents=True, exist_ok=True)
+        new_file = fresh or not path.exists()
+        with open(path, "w" if fresh else "a", newline="") as f:
+            writer = csv.writer(f)
+            if new_file:
+                writer.writerow(["path", "split", "reason"])
+            writer.writerows(bad)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Report files that failed to decode in a worker (once each), in the main process."""
+        if isinstance(batch, Batch) and batch.bad:
+            new = [b for b in batch.bad if b.path not in self._reported]
+            if new:
+                self._reported |= {b.path for b in new}
+                self.bad_found += new
+                self._write_bad(new)
+                rank_zero_warn(
+                    f"skipped {len(new)} image(s) that failed to decode ({new[0].path}: {new[0].reason}); "
+                    f"{len(self.bad_found)} in {BAD_IMAGES_NAME} so far"
+                )
+        return batch
+
+    # --- checkpoint state: the split manifest ---------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The split assignment, stored in checkpoints so resume and test use the same splits."""
+        if not self.samples:
+            return {}
+        rows = "\n".join(f"{s.split}\t{self.class_names[s.label]}\t{s.path}" for s in self.samples)
+        return {"class_names": list(self.class_names), "manifest": rows}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Reuse a checkpoint's split assignment, after checking the files on disk are the same."""
+        if not state or "manifest" not in state:
+            return
+        if list(state["class_names"]) != self.class_names:
+            raise ValueError(
+                f"the checkpoint's classes {state['class_names']} differ from the data's {self.class_names}"
+            )
+        index = {name: i for i, name in enumerate(self.class_names)}
+        saved = []
+        for row in state["manifest"].split("\n"):
+            split, name, path = row.split("\t", 2)
+            saved.append(Sample(path, index[name], split))
+        if not self.samples:
+            self.samples = saved
+            self._build_datasets()
+            return
+        current = {(s.path, s.label) for s in self.samples}
+        before = {(s.path, s.label) for s in saved}
+        if current != before:
+            added = sorted(p for p, _ in current - before)
+            removed = sorted(p for p, _ in before - current)
+            raise ValueError(
+                f"the data changed since the checkpoint was written: {len(added)} file(s) added {added[:5]}, "
+                f"{len(removed)} removed or relabelled {removed[:5]}. Restore the files or start a new run"
+            )
+        if {(s.path, s.split) for s in self.samples} != {(s.path, s.split) for s in saved}:
+            rank_zero_warn("the split settings changed since the checkpoint; keeping the checkpoint's splits")
+        self.samples = saved
+        self._build_datasets()
+        self._written_to = None
+        self._write_run_files()
+
+    # --- loaders --------------------------------------------------------------------------------------------------
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self._datasets.get(split)
+        if dataset is None or len(dataset) == 0:
+            raise ValueError(
+                f"the {split} split is empty: give it images (a {split} folder or a positive {split}_fraction)"
+            )
+        pin = self.pin_memory
+        if pin is None:
+            pin = bool(self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator")
+        workers = self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=EpochSampler(len(dataset), shuffle, self.seed),
+            num_workers=workers,
+            collate_fn=collate_skipping_bad,
+            pin_memory=pin,
+            persistent_workers=self.persistent_workers and workers > 0,
+            timeout=self.loader_timeout if workers > 0 else 0,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, augmented training batches."""
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches in manifest order."""
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches in manifest order."""
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Batches of ``predict_dir`` images; targets are indices into :attr:`predict_paths`."""
+        return self._loader("predict", shuffle=False)

@@ -1,0 +1,120 @@
+"""ImageFolderDataModule: class-per-folder images, from one root split by fractions or from split folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lit_transfer.data.base import BadImagePolicy, BaseImageDataModule
+from lit_transfer.data.images import find_images, list_class_dirs
+from lit_transfer.data.splits import Sample, stratified_split
+
+
+def scan_class_folders(folder: Path, class_names: list[str]) -> dict[str, list[str]]:
+    """Image files per class below ``folder``, relative to ``folder``; an empty class folder is an error."""
+    files: dict[str, list[str]] = {}
+    for name in class_names:
+        found = find_images(folder / name)
+        if not found:
+            raise ValueError(
+                f"class folder {str(folder / name)!r} holds no image files; add images or remove the folder"
+            )
+        files[name] = [f"{name}/{p}" for p in found]
+    return files
+
+
+class ImageFolderDataModule(BaseImageDataModule):
+    """Images in ``<folder>/<class>/**/<image>`` layout.
+
+    Give either ``root`` (one folder split into train/val/test by ``val_fraction``/``test_fraction``, stratified
+    per class and seeded), or ``train_dir`` with optional ``val_dir``/``test_dir``; a missing val or test folder is
+    carved out of ``train_dir`` by its fraction. Class indices follow the sorted class folder names of the training
+    folder, the same for every split.
+
+    Args:
+        root: one folder holding every image, split by the fractions.
+        train_dir: folder of training images.
+        val_dir: folder of validation images.
+        test_dir: folder of test images.
+        val_fraction: share of each class held out for validation when there is no ``val_dir``.
+        test_fraction: share of each class held out for testing when there is no ``test_dir``.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        train_dir: str | None = None,
+        val_dir: str | None = None,
+        test_dir: str | None = None,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.0,
+        image_size: int = 224,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        augmentation: str = "standard",
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        predict_dir: str | None = None,
+        seed: int = 42,
+        bad_images: BadImagePolicy = "skip",
+        max_bad_fraction: float = 0.05,
+        check_images: bool = True,
+        loader_timeout: float = 0.0,
+    ) -> None:
+        super().__init__(
+            image_size, batch_size, num_workers, augmentation, pin_memory, persistent_workers, predict_dir, seed,
+            bad_images, max_bad_fraction, check_images, loader_timeout,
+        )  # fmt: skip
+        if (root is None) == (train_dir is None):
+            raise ValueError("give exactly one of data.root (split by fractions) or data.train_dir (split folders)")
+        if root is not None and (val_dir or test_dir):
+            raise ValueError("data.val_dir and data.test_dir go with data.train_dir, not with data.root")
+        self.root = root
+        self.train_dir = train_dir
+        self.val_dir = val_dir
+        self.test_dir = test_dir
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.class_names = list_class_dirs(root or train_dir)  # type: ignore[arg-type]
+        if not self.class_names:
+            raise ValueError(f"no class folders in {root or train_dir!r}: expected <folder>/<class name>/<image>")
+        for key, folder in (("val_dir", val_dir), ("test_dir", test_dir)):
+            if folder is None:
+                continue
+            extra = sorted(set(list_class_dirs(folder)) - set(self.class_names))
+            if extra:
+                raise ValueError(
+                    f"data.{key} {folder!r} has classes that the training folder lacks: {extra}; "
+                    f"training classes are {self.class_names}"
+                )
+
+    def build_samples(self) -> tuple[Path, list[Sample]]:
+        """Scan the folders and assign every image to a split."""
+        source = Path(self.root or self.train_dir)  # type: ignore[arg-type]
+        folders = {"train": source}
+        if self.val_dir:
+            folders["val"] = Path(self.val_dir)
+        if self.test_dir:
+            folders["test"] = Path(self.test_dir)
+        base = Path(os.path.commonpath([str(f.resolve()) for f in folders.values()]))
+
+        def rel(folder: Path, path: str) -> str:
+            return (folder.resolve() / path).relative_to(base).as_posix()
+
+        split_source = stratified_split(
+            scan_class_folders(source, self.class_names),
+            self.class_names,
+            val_fraction=0.0 if self.val_dir else self.val_fraction,
+            test_fraction=0.0 if self.test_dir else self.test_fraction,
+            seed=self.seed,
+        )
+        samples = [Sample(rel(source, s.path), s.label, s.split) for s in split_source]
+        for split in ("val", "test"):
+            if split not in folders:
+                continue
+            folder = folders[split]
+            present = set(list_class_dirs(folder))
+            for label, name in enumerate(self.class_names):
+                if name in present:
+                    samples += [Sample(rel(folder, f"{name}/{p}"), label, split) for p in find_images(folder / name)]
+        return base, samples

@@ -1,0 +1,137 @@
+"""File discovery and safe decoding: one place where a path becomes an RGB image."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMG_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+# Composite transparent pixels on a fixed colour so hidden RGB under alpha=0 never leaks into training.
+ALPHA_BACKGROUND: tuple[int, int, int] = (255, 255, 255)
+
+
+def is_hidden(name: str) -> bool:
+    """Whether a file or folder name is hidden or tool state (``.git``, ``.ipynb_checkpoints``, macOS ``._x``)."""
+    return name.startswith(".") or name.startswith("__")
+
+
+def is_image_file(path: str | Path, extensions: Iterable[str] = IMG_EXTENSIONS) -> bool:
+    """Whether ``path`` names a visible file with an image extension."""
+    name = os.path.basename(path)
+    return not is_hidden(name) and name.lower().endswith(tuple(extensions))
+
+
+def list_class_dirs(root: str | Path) -> list[str]:
+    """Sorted names of the class folders under ``root`` (hidden and tool folders never become classes)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {str(root)!r} does not exist or is not a directory")
+    return sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not is_hidden(entry.name))
+
+
+def find_images(folder: str | Path, extensions: Iterable[str] = IMG_EXTENSIONS) -> list[str]:
+    """All image files below ``folder`` as sorted POSIX paths relative to it.
+
+    Hidden folders are skipped, links are followed once and files are de-duplicated by their real path, so a
+    symlink loop can neither hang the scan nor count an image twice.
+    """
+    folder = Path(folder)
+    extensions = tuple(extensions)
+    found: dict[str, str] = {}
+    seen_dirs: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real_dir = os.path.realpath(dirpath)
+        if False:
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real_dir)
+        # Sorted, so which of two names for one file is kept does not depend on the file system's listing order.
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            if is_image_file(name, extensions):
+                found.setdefault(os.path.realpath(full), Path(full).relative_to(folder).as_posix())
+    return sorted(found.values())
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB without the traps of a bare ``convert("RGB")``.
+
+    16-bit and 32-bit integer images are rescaled to 8 bits (``convert`` clips them, which whitens them),
+    float images are scaled from their own range, and transparency is composited on ``ALPHA_BACKGROUND``.
+    """
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if mode.startswith("I;16"):
+            arr = arr / 257.0
+        elif mode == "I":
+            arr = arr / 257.0 if arr.max(initial=0) > 255 else arr
+        else:
+            lo, hi = float(arr.min(initial=0.0)), float(arr.max(initial=1.0))
+            arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+        mode = img.mode
+    if mode in ("LA", "La", "PA"):
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "RGBa"):
+        background = Image.new("RGB", img.size, ALPHA_BACKGROUND)
+        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open ``path`` once, apply its EXIF orientation, decode fully and return an RGB image.
+
+    Raises an error for truncated files (never grey-filled: ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays off) and for
+    images above ``PIL.Image.MAX_IMAGE_PIXELS``, checked before decoding.
+    """
+    with Image.open(path) as img:
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and img.size[0] * img.size[1] > limit:
+            raise Image.DecompressionBombError(f"{img.size[0]}x{img.size[1]} pixels exceeds the limit of {limit}")
+        img = ImageOps.exif_transpose(img)
+        img.load()
+        return to_rgb(img)
+
+
+def check_image_header(path: str | Path) -> str | None:
+    """Cheap check of an image file without decoding its pixels: ``None`` if it looks fine, else the reason.
+
+    Catches empty files, files that are not images, and decompression bombs (a header claiming more pixels than
+    ``PIL.Image.MAX_IMAGE_PIXELS``; Pillow itself only warns between 1x and 2x that limit). Truncated files pass
+    here and fail at decode time: only a full decode finds them.
+    """
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+    except Image.DecompressionBombError as err:
+        return f"decompression bomb: {err}"
+    except (OSError, ValueError, SyntaxError) as err:  # UnidentifiedImageError is an OSError
+        return f"not a readable image: {err}"
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        return f"decompression bomb: {width}x{height} pixels exceeds the limit of {limit}"
+    if width == 0 or height == 0:
+        return f"image has no pixels ({width}x{height})"
+    return None
+
+
+class BadImageError(RuntimeError):
+    """An image file that cannot be used, with the file named in the message."""

@@ -1,0 +1,79 @@
+"""Transform presets by name: one place where a decoded image becomes a tensor.
+
+Every preset ends in a ``uint8`` CHW tensor. Conversion to float and normalization happen on the whole batch inside
+the model (:class:`lit_transfer.models.TransferClassifier`), on the device, with the mean/std of the backbone's
+weights: the data pipeline never needs to know the model, batches are 4x smaller to copy, and exported models
+carry their own normalization.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torchvision.transforms import v2
+
+Transform = Callable[..., torch.Tensor]
+TRANSFORM_PRESETS: dict[str, Callable[[int], Transform]] = {}
+
+EVAL_CROP_RATIO = 0.875  # resize to image_size / 0.875 then center-crop, as ImageNet evaluation does (256 → 224)
+
+
+def register_transform(name: str) -> Callable[[Callable[[int], Transform]], Callable[[int], Transform]]:
+    """Register a train transform preset under ``name`` (a function of ``image_size``)."""
+
+    def wrap(fn: Callable[[int], Transform]) -> Callable[[int], Transform]:
+        TRANSFORM_PRESETS[name] = fn
+        return fn
+
+    return wrap
+
+
+def eval_transform(image_size: int) -> Transform:
+    """Resize the short side to ``image_size / 0.875`` and center-crop ``image_size``."""
+    return v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.Resize(round(image_size / EVAL_CROP_RATIO), antialias=True),
+            v2.CenterCrop(image_size),
+        ]
+    )
+
+
+@register_transform("standard")
+def standard_transform(image_size: int) -> Transform:
+    """RandomResizedCrop + horizontal flip: the usual ImageNet fine-tuning recipe."""
+    return v2.Compose(
+        [v2.PILToTensor(), v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
+    )
+
+
+@register_transform("seed002")
+def seed002_transform(image_size: int) -> Transform:
+    """The Caltech101 tutorial's augmentation, scaled to ``image_size`` (256 → 224 at the default size).
+
+    ``ColorJitter()`` is kept with its default arguments, as in the tutorial, where it changes nothing.
+    """
+    return v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.RandomResizedCrop(round(image_size * 256 / 224), scale=(0.8, 1.0), antialias=True),
+            v2.RandomRotation(15),
+            v2.ColorJitter(),
+            v2.RandomHorizontalFlip(),
+            v2.CenterCrop(image_size),
+        ]
+    )
+
+
+@register_transform("none")
+def no_augmentation(image_size: int) -> Transform:
+    """No augmentation: training images get the evaluation resize and crop."""
+    return eval_transform(image_size)
+
+
+def train_transform(name: str, image_size: int) -> Transform:
+    """The train transform preset ``name`` at ``image_size``."""
+    if name not in TRANSFORM_PRESETS:
+        raise ValueError(f"unknown augmentation {name!r}; valid presets: {sorted(TRANSFORM_PRESETS)}")
+    return TRANSFORM_PRESETS[name](image_size)
