@@ -129,8 +129,8 @@ class TransferClassifier(pl.LightningModule):
         stages = [s for s, _ in backbone_stages(self.backbone)]
         frozen_stages = [s for s in stages if any(n.startswith(s + ".") for n in self.initial_frozen)]
         # split the frozen stages into one chunk per milestone; the top chunk thaws first
-        per = math.ceil(len(frozen_stages) / len(self.milestones))
-        thawed = tuple(s + "." for s in frozen_stages[len(frozen_stages) - passed * per :])
+        count = math.ceil(len(frozen_stages) * passed / len(self.milestones))  # never more than all stages
+        thawed = tuple(s + "." for s in frozen_stages[len(frozen_stages) - count :])
         return {n for n in self.initial_frozen if not n.startswith(thawed)}
 
     def _set_frozen(self, frozen: set[str]) -> None:
