@@ -72,6 +72,18 @@ class LitTransferCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
 
+    def _parse_ckpt_path(self) -> None:
+        """Read the checkpoint's hyperparameters (LightningCLI); an unreadable file is a configuration error."""
+        try:
+            super()._parse_ckpt_path()
+        except Exception as err:
+            ckpt = self.config[self.config.subcommand].get("ckpt_path")
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(
+                f"--ckpt_path {ckpt!r} cannot be loaded with weights_only=True ({reason}); use a checkpoint written "
+                "by lit_transfer, or --ckpt_path last to take the newest readable checkpoint of this experiment"
+            ) from err
+
     def _experiment_name(self) -> str:
         config = self.config.get(str(self.subcommand), self.config)
         if config.get("experiment"):
@@ -141,8 +153,8 @@ class LitTransferCLI(LightningCLI):
             reason = is_valid_checkpoint(ckpt)
             if reason is not None:
                 raise ConfigError(
-                    f"--ckpt_path {ckpt!r} cannot be loaded ({reason}); use --ckpt_path last to take the newest "
-                    "readable checkpoint of this experiment"
+                    f"--ckpt_path {ckpt!r} cannot be loaded with weights_only=True ({reason}); use --ckpt_path last "
+                    "to take the newest readable checkpoint of this experiment"
                 )
         folder = Path(ckpt).resolve().parent
         if self.subcommand == "fit" and folder.name == "checkpoints" and folder.parent.parent == runs.resolve():
