@@ -38,6 +38,18 @@ class ImageFolderDataModule(BaseImageDataModule):
         test_dir: folder of test images.
         val_fraction: share of each class held out for validation when there is no ``val_dir``.
         test_fraction: share of each class held out for testing when there is no ``test_dir``.
+        image_size: side of the square crops fed to the model.
+        batch_size: images per batch (per device).
+        num_workers: loader processes; ``None`` uses every core this process may use.
+        augmentation: train transform preset (``standard``, ``seed002``, ``none``).
+        pin_memory: page-locked batches; ``None`` pins when a GPU is used.
+        persistent_workers: keep loader processes alive between epochs.
+        predict_dir: folder of images for ``predict`` (searched recursively).
+        seed: seed of the split assignment, the shuffling and the augmentation.
+        bad_images: ``skip`` unreadable images and list them in ``bad_images.csv``, or stop with an ``error``.
+        max_bad_fraction: stop before training when more than this share of the images is unreadable.
+        check_images: read every file's header at setup, so most bad files are known before training starts.
+        loader_timeout: seconds to wait for a batch from a worker before failing (0 waits forever).
     """
 
     def __init__(

@@ -16,6 +16,33 @@ IMG_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ti
 ALPHA_BACKGROUND: tuple[int, int, int] = (255, 255, 255)
 
 
+class BadImageError(Exception):
+    """An image file that cannot be used: empty, not an image, truncated, or too large to decode safely."""
+
+
+def check_image_header(path: str | Path) -> str | None:
+    """Why ``path`` cannot be used as an image, judged from its header alone, or ``None`` when it looks fine.
+
+    No pixel is decoded: this catches empty files, files that are not images and decompression bombs (more pixels
+    than Pillow's ``Image.MAX_IMAGE_PIXELS``); a truncated file is only found when it is decoded.
+    """
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+    except Image.DecompressionBombError as err:
+        return f"possible decompression bomb: {err}"
+    except Exception as err:
+        return f"not a readable image: {type(err).__name__}: {err}"
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        return f"possible decompression bomb: {width}x{height} pixels, more than the limit of {limit}"
+    return None
+
+
 def is_hidden(name: str) -> bool:
     """Whether a file or folder name is hidden or tool state (``.git``, ``.ipynb_checkpoints``, macOS ``._x``)."""
     return name.startswith(".") or name.startswith("__")
@@ -47,7 +74,7 @@ def find_images(folder: str | Path, extensions: Iterable[str] = IMG_EXTENSIONS) 
     seen_dirs: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real_dir = os.path.realpath(dirpath)
-        if False:
+        if real_dir in seen_dirs:
             dirnames[:] = []
             continue
         seen_dirs.add(real_dir)
@@ -67,7 +94,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     float images are scaled from their own range, and transparency is composited on ``ALPHA_BACKGROUND``.
     """
     mode = img.mode
-    if mode == "RGB":
+    if mode == "RGB" and "transparency" not in img.info:
         return img
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
@@ -79,10 +106,15 @@ def to_rgb(img: Image.Image) -> Image.Image:
             lo, hi = float(arr.min(initial=0.0)), float(arr.max(initial=1.0))
             arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
         return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
-    if mode == "P":
-        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
-        mode = img.mode
-    if mode in ("LA", "La", "PA"):
+    if mode in ("P", "L", "RGB") and "transparency" in img.info:  # palette index or colour key (tRNS)
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    elif mode == "P":
+        img = img.convert("RGB")
+        mode = "RGB"
+    if mode == "RGB":
+        return img
+    if mode in ("LA", "PA"):
         img = img.convert("RGBA")
         mode = "RGBA"
     if mode in ("RGBA", "RGBa"):
@@ -96,7 +128,7 @@ def load_rgb(path: str | Path) -> Image.Image:
     """Open ``path`` once, apply its EXIF orientation, decode fully and return an RGB image.
 
     Raises an error for truncated files (never grey-filled: ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays off) and for
-    images above ``PIL.Image.MAX_IMAGE_PIXELS``, checked before decoding.
+    images above ``PIL.Image.MAX_IMAGE_PIXELS``, checked before decoding (Pillow only warns up to twice that).
     """
     with Image.open(path) as img:
         limit = Image.MAX_IMAGE_PIXELS
@@ -105,33 +137,3 @@ def load_rgb(path: str | Path) -> Image.Image:
         img = ImageOps.exif_transpose(img)
         img.load()
         return to_rgb(img)
-
-
-def check_image_header(path: str | Path) -> str | None:
-    """Cheap check of an image file without decoding its pixels: ``None`` if it looks fine, else the reason.
-
-    Catches empty files, files that are not images, and decompression bombs (a header claiming more pixels than
-    ``PIL.Image.MAX_IMAGE_PIXELS``; Pillow itself only warns between 1x and 2x that limit). Truncated files pass
-    here and fail at decode time: only a full decode finds them.
-    """
-    try:
-        if os.path.getsize(path) == 0:
-            return "empty file"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                width, height = img.size
-    except Image.DecompressionBombError as err:
-        return f"decompression bomb: {err}"
-    except (OSError, ValueError, SyntaxError) as err:  # UnidentifiedImageError is an OSError
-        return f"not a readable image: {err}"
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and width * height > limit:
-        return f"decompression bomb: {width}x{height} pixels exceeds the limit of {limit}"
-    if width == 0 or height == 0:
-        return f"image has no pixels ({width}x{height})"
-    return None
-
-
-class BadImageError(RuntimeError):
-    """An image file that cannot be used, with the file named in the message."""
