@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.optim import Optimizer
 
-from lit_transfer.callbacks import PredictionWriter, RunCheckpoint
+from lit_transfer.callbacks import PredictionWriter, RunCheckpoint, TensorBoardReports
 from lit_transfer.callbacks.checkpoint import AtomicCheckpointIO, is_valid_checkpoint, newest_valid_checkpoint
 from lit_transfer.callbacks.reproducibility import EpochSeeder
 from lit_transfer.data import BaseImageDataModule
@@ -119,7 +119,7 @@ class LitTransferCLI(LightningCLI):
         if seed is not False and seed is not None:
             callbacks.append(EpochSeeder(int(seed)))
         if kwargs.get("logger", config.get("logger")) is not False:
-            callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+            callbacks += [LearningRateMonitor(logging_interval="epoch"), TensorBoardReports()]
         if config.get("enable_progress_bar") is not False:
             callbacks.append(RichProgressBar())
         self.trainer_defaults["callbacks"] = callbacks

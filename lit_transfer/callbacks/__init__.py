@@ -2,5 +2,6 @@
 
 from lit_transfer.callbacks.checkpoint import RunCheckpoint
 from lit_transfer.callbacks.predictions import PredictionWriter
+from lit_transfer.callbacks.reports import TensorBoardReports
 
-__all__ = ["PredictionWriter", "RunCheckpoint"]
+__all__ = ["PredictionWriter", "RunCheckpoint", "TensorBoardReports"]

@@ -77,14 +77,14 @@ def format_class_table(matrix: torch.Tensor, class_names: Sequence[str]) -> str:
 def render_confusion_matrix(matrix: torch.Tensor, class_names: Sequence[str]) -> Image.Image:
     """The confusion matrix as a heat map, each row scaled by its class's count (so the diagonal is recall).
 
-    Class names label the axes while cells are at least 10 pixels; counts are printed in cells of 24 pixels or more.
+    Class names label the axes up to about 110 classes; counts are printed in cells of 24 pixels or more.
     """
     n = len(class_names)
     counts = matrix.long().cpu()
     rows = counts.double() / counts.sum(dim=1, keepdim=True).clamp(min=1)
-    cell = max(3, min(40, 640 // max(n, 1)))
+    cell = max(3, min(40, 1024 // max(n, 1)))  # Caltech 101 still gets labelled 10-pixel cells
     font = _font(11 if cell >= 14 else 9)
-    labelled = cell >= 10
+    labelled = cell >= 9
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     label_w = min(160, 8 + max(int(probe.textlength(c, font=font)) for c in class_names)) if labelled else 0
     left, top, pad = label_w + 24, label_w + 40, 8
@@ -104,12 +104,17 @@ def render_confusion_matrix(matrix: torch.Tensor, class_names: Sequence[str]) ->
                 w = draw.textlength(text, font=font)
                 draw.text((x + (cell - w) / 2, y + cell / 2 - 6), text, fill="white" if v > 0.5 else "black", font=font)
     draw.rectangle([left - 1, top - 1, left + size, top + size], outline="gray")
-    draw.text((4, top - 16), "true ↓", fill="gray", font=font)
-    draw.text((left, top - 16 - (label_w if labelled else 0)), "predicted →", fill="gray", font=font)
+    draw.text((4, top - 16), "true", fill="gray", font=font)
+    draw.text((left, top - 16 - (label_w if labelled else 0)), "predicted", fill="gray", font=font)
     if labelled:
         for i, name in enumerate(class_names):
             text = _fit(name, label_w - 8, draw, font)
-            draw.text((left - 6 - draw.textlength(text, font=font), top + i * cell + cell / 2 - 6), text, fill="black", font=font)
+            draw.text(
+                (left - 6 - draw.textlength(text, font=font), top + i * cell + cell / 2 - 6),
+                text,
+                fill="black",
+                font=font,
+            )
             # column labels: drawn horizontally on a strip, then turned upright
             strip = Image.new("RGB", (label_w, cell), "white")
             ImageDraw.Draw(strip).text((2, cell / 2 - 6), text, fill="black", font=font)
@@ -192,24 +197,25 @@ class TensorBoardReports(Callback):
         """Log the first training batch of this fit."""
         self._batch_logged = False
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         """Write the grid of the first training batch (and the graph) as the model receives them."""
-        if self._batch_logged:
+        x, y = batch[0], batch[1]
+        if self._batch_logged or len(y) == 0:  # a batch of unreadable files only holds no images
             return
         self._batch_logged = True
         logger = self._logger(trainer)
         if logger is None or not trainer.is_global_zero:
             return
-        x, y = batch[0], batch[1]
         shown = _to_uint8(x[: self.max_images].detach()).cpu()
         nrow = min(8, len(shown))
         writer = logger.experiment
         writer.add_image(f"{TAG}/train_batch", make_grid(shown, nrow=nrow, padding=2), trainer.global_step)
-        names = self._class_names(pl_module, getattr(pl_module, "num_classes", 0) or len(pl_module.class_names))
-        labels = [names[int(t)] if int(t) < len(names) else str(int(t)) for t in y[: len(shown)]]
-        table = ["| " + " | ".join(labels[r : r + nrow]) + " |" for r in range(0, len(labels), nrow)]
-        header = "| " + " | ".join(f"col {c + 1}" for c in range(nrow)) + " |\n|" + "---|" * nrow + "\n"
-        writer.add_text(f"{TAG}/train_batch_labels", header + "\n".join(table), trainer.global_step)
+        names = list(getattr(pl_module, "class_names", None) or [])
+        labels = [names[t] if t < len(names) else str(t) for t in y[: len(shown)].tolist()]
+        rows = [f"row {r // nrow + 1}: " + ", ".join(labels[r : r + nrow]) for r in range(0, len(labels), nrow)]
+        writer.add_text(f"{TAG}/train_batch_labels", "```\n" + "\n".join(rows) + "\n```", trainer.global_step)
         if self.log_graph:
             self._write_graph(logger, pl_module, x[:1])
 
@@ -235,10 +241,11 @@ class TensorBoardReports(Callback):
             and not trainer.sanity_checking
             and (trainer.current_epoch + 1) % self.every_n_epochs == 0
         )
-        if self._collecting:
-            num_classes = int(getattr(pl_module.hparams, "num_classes", 0) or len(pl_module.class_names))
+        self._confmat, self._mistakes = None, []
+        num_classes = len(getattr(pl_module, "class_names", None) or [])
+        if self._collecting and num_classes:
+            # made here, not at the first batch, so that a rank without batches still joins the synchronization
             self._confmat = MulticlassConfusionMatrix(num_classes).to(pl_module.device)
-            self._mistakes = []
 
     def on_validation_batch_end(
         self,
@@ -250,13 +257,15 @@ class TensorBoardReports(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         """Update the confusion matrix and the running top mistakes with this batch."""
-        if not self._collecting or self._confmat is None:
-            return
         x, y = batch[0], batch[1]
+        if not self._collecting or len(y) == 0:
+            return
         logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
         if logits is None:
             with torch.no_grad():
                 logits = pl_module(x)
+        if self._confmat is None:  # a module without class names: the class count is the logits' width
+            self._confmat = MulticlassConfusionMatrix(logits.shape[1]).to(logits.device)
         confidence, predicted = logits.detach().float().softmax(dim=1).max(dim=1)
         self._confmat.update(predicted, y)
         self._image_shape = tuple(x.shape[1:])
@@ -306,7 +315,7 @@ class TensorBoardReports(Callback):
             writer.add_text(f"{TAG}/top_mistakes_table", "no misclassified validation images", step)
             return
         tiles = [
-            _caption_tile(image, [f"true: {names[t]}", f"pred: {names[p]} {c:.2f}"], self.tile_size)
+            _caption_tile(image, [f"true: {names[t]}", f"pred {c:.2f}: {names[p]}"], self.tile_size)
             for c, image, t, p in mistakes
         ]
         height = max(t.shape[1] for t in tiles)

@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lit_transfer.data.images import BadImageError, check_image_header, find_images, load_rgb
+from lit_transfer.data.sampler import BalancedSampler
 from lit_transfer.data.splits import Sample, group_by_split, manifest_hash, write_manifest
 from lit_transfer.data.transforms import Transform, eval_transform, train_transform
 
@@ -171,6 +172,9 @@ class BaseImageDataModule(pl.LightningDataModule):
         max_bad_fraction: stop before training when more than this share of the images is unreadable.
         check_images: read every file's header at setup, so most bad files are known before training starts.
         loader_timeout: seconds to wait for a batch from a worker before failing (0 waits forever).
+        sampler: ``random`` (shuffled) or ``balanced`` (every class drawn equally often, with replacement).
+        normalize: ``model`` (the backbone weights' mean/std) or ``dataset`` (exact mean/std of the training split,
+            stored in the checkpoint).
 
     """
 
@@ -188,6 +192,8 @@ class BaseImageDataModule(pl.LightningDataModule):
         max_bad_fraction: float = 0.05,
         check_images: bool = True,
         loader_timeout: float = 0.0,
+        sampler: Literal["random", "balanced"] = "random",
+        normalize: Literal["model", "dataset"] = "model",
     ) -> None:
         super().__init__()
         train_transform(augmentation, image_size)  # fail on an unknown preset before anything runs
@@ -211,6 +217,13 @@ class BaseImageDataModule(pl.LightningDataModule):
         self.max_bad_fraction = max_bad_fraction
         self.check_images = check_images
         self.loader_timeout = loader_timeout
+        if sampler not in ("random", "balanced"):
+            raise ValueError(f"data.sampler={sampler!r}: use 'random' or 'balanced'")
+        if normalize not in ("model", "dataset"):
+            raise ValueError(f"data.normalize={normalize!r}: use 'model' or 'dataset'")
+        self.sampler = sampler
+        self.normalize = normalize
+        self.normalization: tuple[list[float], list[float]] | None = None
         self.class_names: list[str] = []
         self.samples: list[Sample] = []
         self.data_root: Path = Path(".")
@@ -248,6 +261,8 @@ class BaseImageDataModule(pl.LightningDataModule):
                 counts = ", ".join(f"{s} {len(by_split.get(s, []))}" for s in ("train", "val", "test"))
                 rank_zero_info(f"{type(self).__name__}: {self.num_classes} classes; images: {counts}")
             self._build_datasets()
+            if stage == "fit" and self.normalize == "dataset" and self.normalization is None:
+                self.normalization = self._dataset_statistics()
         self._write_run_files()
 
     def _setup_predict(self) -> None:
@@ -307,6 +322,16 @@ class BaseImageDataModule(pl.LightningDataModule):
             self._datasets[split] = self.make_dataset(
                 self.data_root, [s.path for s in items], [s.label for s in items], split
             )
+
+    def _dataset_statistics(self) -> tuple[list[float], list[float]]:
+        """Exact mean/std of the training split's pixels after the evaluation resize and crop."""
+        from lit_transfer.data.stats import compute_channel_stats  # the data card imports this module
+
+        train = [s for s in self.samples if s.split == "train"]
+        dataset = self.make_dataset(self.data_root, [s.path for s in train], [s.label for s in train], "val")
+        mean, std = compute_channel_stats(dataset, num_workers=self.num_workers)
+        rank_zero_info(f"training split mean {[round(m, 4) for m in mean]}, std {[round(v, 4) for v in std]}")
+        return mean, std
 
     def paths_of(self, split: str, indices: Sequence[int]) -> list[str]:
         """File paths of dataset items, for messages that must name files."""
@@ -402,7 +427,7 @@ class BaseImageDataModule(pl.LightningDataModule):
 
     # --- loaders --------------------------------------------------------------------------------------------------
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
         dataset = self._datasets.get(split)
         if dataset is None or len(dataset) == 0:
             raise ValueError(
@@ -415,7 +440,7 @@ class BaseImageDataModule(pl.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=EpochSampler(len(dataset), shuffle, self.seed),
+            sampler=sampler or EpochSampler(len(dataset), shuffle, self.seed),
             num_workers=workers,
             collate_fn=collate_skipping_bad,
             pin_memory=pin,
@@ -425,8 +450,13 @@ class BaseImageDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled, augmented training batches."""
-        return self._loader("train", shuffle=True)
+        """Shuffled, augmented training batches; class-balanced draws with ``sampler: balanced``."""
+        dataset = self._datasets.get("train")
+        if self.sampler != "balanced" or dataset is None or len(dataset) == 0:
+            return self._loader("train", shuffle=True)
+        # the same global draw on every rank for an epoch; Lightning shards it under DDP
+        balanced = BalancedSampler(dataset.targets, seed=self.seed, item_keys=True)  # type: ignore[attr-defined]
+        return self._loader("train", shuffle=True, sampler=balanced)
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches in manifest order."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from lit_transfer.data.base import BadImagePolicy, BaseImageDataModule
 from lit_transfer.data.images import find_images, list_class_dirs
@@ -50,6 +51,9 @@ class ImageFolderDataModule(BaseImageDataModule):
         max_bad_fraction: stop before training when more than this share of the images is unreadable.
         check_images: read every file's header at setup, so most bad files are known before training starts.
         loader_timeout: seconds to wait for a batch from a worker before failing (0 waits forever).
+        sampler: ``random`` (shuffled) or ``balanced`` (every class drawn equally often, with replacement).
+        normalize: ``model`` (the backbone weights' mean/std) or ``dataset`` (exact mean/std of the training split,
+            stored in the checkpoint).
     """
 
     def __init__(
@@ -72,10 +76,12 @@ class ImageFolderDataModule(BaseImageDataModule):
         max_bad_fraction: float = 0.05,
         check_images: bool = True,
         loader_timeout: float = 0.0,
+        sampler: Literal["random", "balanced"] = "random",
+        normalize: Literal["model", "dataset"] = "model",
     ) -> None:
         super().__init__(
             image_size, batch_size, num_workers, augmentation, pin_memory, persistent_workers, predict_dir, seed,
-            bad_images, max_bad_fraction, check_images, loader_timeout,
+            bad_images, max_bad_fraction, check_images, loader_timeout, sampler, normalize,
         )  # fmt: skip
         if (root is None) == (train_dir is None):
             raise ValueError("give exactly one of data.root (split by fractions) or data.train_dir (split folders)")

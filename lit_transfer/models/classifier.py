@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.cli import instantiate_class
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -16,6 +17,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from lit_transfer.data.sampler import inverse_frequency_weights
 from lit_transfer.models.backbones import build_backbone
 from lit_transfer.models.freezing import (
     FreezeSpec,
@@ -63,6 +65,8 @@ class TransferClassifier(pl.LightningModule):
         top_k: how many ranked classes predictions report.
         on_nonfinite_loss: ``error`` stops at a NaN/inf training loss naming the batch's files; ``skip`` skips the
             batch and counts it.
+        class_weights: per-class weights of the training loss; ``auto`` uses inverse class frequencies of the
+            training split.
 
     """
 
@@ -87,6 +91,7 @@ class TransferClassifier(pl.LightningModule):
         std: list[float] | None = None,
         top_k: int = 5,
         on_nonfinite_loss: Literal["error", "skip"] = "error",
+        class_weights: Literal["auto"] | list[float] | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -106,7 +111,10 @@ class TransferClassifier(pl.LightningModule):
         self.initial_frozen = frozen_parameter_names(self.backbone, freeze)
         self.frozen: set[str] = set()
         self._set_frozen(self.frozen_at_epoch(0))
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        if isinstance(class_weights, list) and len(class_weights) != num_classes:
+            raise ValueError(f"model.class_weights has {len(class_weights)} values for {num_classes} classes")
+        weights = torch.tensor(class_weights, dtype=torch.float32) if isinstance(class_weights, list) else None
+        self.register_buffer("class_weight", weights if weights is not None else torch.ones(num_classes))
         self.skipped_batches = 0
         metrics = {
             "acc": MulticlassAccuracy(num_classes, average="micro"),
@@ -186,19 +194,21 @@ class TransferClassifier(pl.LightningModule):
         """Class logits of a batch of images."""
         return self.head(self.forward_features(x))
 
-    def _shared_step(self, batch: Sequence[Any], stage: str) -> torch.Tensor | None:
+    def _shared_step(self, batch: Sequence[Any], stage: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         x, y = batch[0], batch[1]
         if len(y) == 0:  # every image of the batch was unreadable (and reported by the data module)
-            return None
+            return None, None
         logits = self(x)
-        loss = self.criterion(logits, y)
+        # class weights apply to the training loss only, so val_loss stays comparable between runs
+        weight = self.class_weight if stage == "train" and self.hparams.class_weights is not None else None
+        loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=self.hparams.label_smoothing)
         if stage == "train" and not torch.isfinite(loss):
-            return self._non_finite(loss, batch)
+            return self._non_finite(loss, batch), logits
         self.log(f"{stage}_loss", loss, on_epoch=True, on_step=False, prog_bar=True, batch_size=len(y))
         metrics = self.metrics[f"{stage}_metrics"]
         metrics.update(logits.detach(), y)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(y))
-        return loss
+        return loss, logits
 
     def _non_finite(self, loss: torch.Tensor, batch: Sequence[Any]) -> None:
         """Stop (before any checkpoint holds NaN weights) or skip the batch, naming its files."""
@@ -217,15 +227,16 @@ class TransferClassifier(pl.LightningModule):
             "check these images, or set model.init_args.on_nonfinite_loss: skip"
         )
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor | None:
         """Cross-entropy on one batch."""
-        return self._shared_step(batch, "train")
+        return self._shared_step(batch, "train")[0]
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        """Accumulate validation loss and metrics."""
-        self._shared_step(batch, "val")
+    def validation_step(self, batch: Sequence[Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
+        """Accumulate validation loss and metrics; the logits go on to callbacks (TensorBoardReports)."""
+        _, logits = self._shared_step(batch, "val")
+        return None if logits is None else {"logits": logits.detach()}
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: Sequence[Any], batch_idx: int) -> None:
         """Accumulate test loss and metrics."""
         self._shared_step(batch, "test")
 
@@ -277,6 +288,22 @@ class TransferClassifier(pl.LightningModule):
         rank_zero_info(f"{self.hparams.backbone} parameters:\n{table}")
         if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
             self.logger.experiment.add_text("parameters", f"```\n{table}\n```", self.global_step)
+
+    def setup(self, stage: str) -> None:
+        """Take what the data knows before fitting: inverse-frequency class weights, dataset normalization."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage != "fit" or datamodule is None:
+            return
+        if self.hparams.class_weights == "auto":
+            labels = [s.label for s in getattr(datamodule, "samples", []) if s.split == "train"]
+            self.class_weight.copy_(inverse_frequency_weights(labels, self.hparams.num_classes))
+            rank_zero_info(f"class weights (inverse frequency): {[round(w, 3) for w in self.class_weight.tolist()]}")
+        stats = getattr(datamodule, "normalization", None)
+        if stats is not None and self.hparams.mean is None and self.hparams.std is None:
+            mean, std = stats
+            self.mean.copy_(torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+            self.std.copy_(torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+            rank_zero_info(f"normalizing with the training split's mean {mean} and std {std}")
 
     def on_fit_start(self) -> None:
         """Print and log the trainable/frozen parameter table."""
