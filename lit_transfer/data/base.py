@@ -343,8 +343,8 @@ class BaseImageDataModule(pl.LightningDataModule):
 
     def _run_dir(self) -> Path | None:
         trainer = self.trainer
-        if trainer is None or trainer.fast_dev_run or trainer.log_dir is None:
-            return None  # fast_dev_run logs nowhere: its log_dir would be the working directory
+        if trainer is None or trainer.fast_dev_run or trainer.logger is None or trainer.log_dir is None:
+            return None  # no run folder (no logger, or fast_dev_run): log_dir would be the working directory
         return Path(trainer.log_dir)
 
     def _write_run_files(self) -> None:
