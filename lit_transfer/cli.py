@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from torch.optim import Optimizer
 from lit_transfer.callbacks import PredictionWriter, RunCheckpoint, TensorBoardReports
 from lit_transfer.callbacks.checkpoint import AtomicCheckpointIO, is_valid_checkpoint, newest_valid_checkpoint
 from lit_transfer.callbacks.reproducibility import EpochSeeder
+from lit_transfer.callbacks.signals import SigtermHandler
 from lit_transfer.data import BaseImageDataModule
 from lit_transfer.data.images import BadImageError
 from lit_transfer.models import TransferClassifier
@@ -67,6 +71,8 @@ class LitTransferCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
+        # data modules shard their own loaders (epoch-seeded, no padding at evaluation): see EpochSampler
+        parser.set_defaults({"trainer.use_distributed_sampler": False})
         parser.add_optimizer_args((Optimizer,), link_to="model.init_args.optimizer")
         parser.add_lr_scheduler_args(LRSchedulerTypeTuple, link_to="model.init_args.lr_scheduler")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -114,7 +120,7 @@ class LitTransferCLI(LightningCLI):
             )
         if not config.get("plugins"):
             kwargs.setdefault("plugins", [AtomicCheckpointIO()])
-        callbacks: list[Any] = [PredictionWriter()]
+        callbacks: list[Any] = [PredictionWriter(), SigtermHandler()]
         seed = self._get(self.config, "seed_everything")
         if seed is not False and seed is not None:
             callbacks.append(EpochSeeder(int(seed)))
@@ -164,7 +170,12 @@ class LitTransferCLI(LightningCLI):
         return None
 
     def _setup_data_early(self, stage: str) -> None:
-        """Scan the data before the trainer starts, so a bad folder is a configuration error, not a crash."""
+        """Scan the data before the trainer starts, so a bad folder is a configuration error, not a crash.
+
+        Only the first process does it; under DDP the others receive its scan when the trainer sets them up.
+        """
+        if launch_rank() != 0:
+            return
         try:
             self.datamodule.setup(stage)
         except (ValueError, FileNotFoundError, NotADirectoryError, BadImageError) as err:
@@ -198,6 +209,7 @@ class LitTransferCLI(LightningCLI):
 EXTRA_COMMANDS: dict[str, str] = {
     "stats": "lit_transfer.data.stats:main",
     "audit-rotnet": "lit_transfer.rotnet_audit:main",
+    "export": "lit_transfer.export:main",
 }
 
 # Top-level keys of a full config that a data-only command accepts and ignores.
@@ -226,9 +238,26 @@ def parse_data_module(args: list[str]) -> tuple[BaseImageDataModule, Namespace]:
     return init.data, config
 
 
+def launch_rank() -> int:
+    """The global rank the launcher gave this process (torchrun, SLURM, Lightning's launcher); 0 if none."""
+    for key in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")) or 0)
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    return 0 if node == 0 and local == 0 else max(1, node + local)
+
+
+def _sigterm_outside_training(signum: int, frame: Any) -> None:
+    """Before and after training there is nothing to save: exit at once with 128 + SIGTERM."""
+    sys.exit(143)
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``python -m lit_transfer`` and the ``lit-transfer`` script."""
     argv = sys.argv[1:] if args is None else list(args)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm_outside_training)
     try:
         if argv and argv[0] in EXTRA_COMMANDS:
             module, _, function = EXTRA_COMMANDS[argv[0]].partition(":")

@@ -118,6 +118,11 @@ class RunCheckpoint(ModelCheckpoint):
         if not isinstance(exception, SIGTERMException) or trainer.fast_dev_run or self.dirpath is None:
             super().on_exception(trainer, pl_module, exception)
             return
+        if not trainer.is_global_zero:
+            return
+        # Written by rank 0 alone, without trainer.save_checkpoint's barrier: ranks stop at different points after a
+        # signal (one may be inside validation, another in a collective), and a barrier here could wait forever.
         path = os.path.join(self.dirpath, f"{INTERRUPTED_NAME}{self.FILE_EXTENSION}")
-        trainer.save_checkpoint(path)
+        checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, path)
         rank_zero_info(f"SIGTERM: saved {path} (epoch {trainer.current_epoch}, step {trainer.global_step})")

@@ -23,20 +23,36 @@ class PredictionWriter(BasePredictionWriter):
         super().__init__(write_interval="epoch")
         self.filename = filename
 
+    @staticmethod
+    def _gather(trainer: pl.Trainer, predictions: Sequence[Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Every rank's predictions on rank 0 (the loaders shard without padding: each file appears once)."""
+        local = None
+        if predictions:
+            local = (torch.cat([p["probs"] for p in predictions]).float().cpu(),
+                     torch.cat([p["index"] for p in predictions]).cpu())  # fmt: skip
+        parts = [local]
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts = [None] * trainer.world_size
+            torch.distributed.all_gather_object(parts, local)
+        parts = [p for p in parts if p is not None]
+        if not parts:
+            return None, None
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
     def write_on_epoch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Sequence[Any], batch_indices: Any
     ) -> None:
         """Write the CSV once all batches are predicted."""
-        if not predictions or not trainer.is_global_zero:
+        probs, index = self._gather(trainer, predictions)
+        if not trainer.is_global_zero or index is None:
             return
-        probs = torch.cat([p["probs"] for p in predictions]).float().cpu()
-        index = torch.cat([p["index"] for p in predictions]).cpu()
         names = list(getattr(pl_module, "class_names", [str(i) for i in range(probs.shape[1])]))
         paths = trainer.datamodule.predict_paths  # type: ignore[attr-defined]
         root = trainer.datamodule.predict_dir  # type: ignore[attr-defined]
         k = min(getattr(pl_module.hparams, "top_k", 5), probs.shape[1])
         top_p, top_i = probs.topk(k, dim=1)
-        out_dir = Path(trainer.log_dir or ".")
+        # not trainer.log_dir: under DDP that is a collective, and only rank 0 gets here
+        out_dir = Path(trainer.logger.log_dir if trainer.logger is not None and trainer.logger.log_dir else ".")
         out_dir.mkdir(parents=True, exist_ok=True)
         target = out_dir / self.filename
         tmp = target.with_suffix(".csv.tmp")

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image, ImageOps
 
@@ -109,18 +108,18 @@ class RotationPredictionWriter(PredictionWriter):
     def write_on_epoch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Sequence[Any], batch_indices: Any
     ) -> None:
-        """Write the CSV, and the upright images, once every batch is predicted."""
-        if not predictions or not trainer.is_global_zero:
+        """Write the CSV, and the upright images, once every batch is predicted (on rank 0, all ranks gathered)."""
+        probs, index = self._gather(trainer, predictions)
+        if not trainer.is_global_zero or probs is None or index is None:
             return
-        probs = torch.cat([p["probs"] for p in predictions]).float().cpu()
-        index = torch.cat([p["index"] for p in predictions]).cpu()
         names = list(getattr(pl_module, "class_names", [str(i) for i in range(probs.shape[1])]))
         angles = class_angles(names)
         datamodule = trainer.datamodule  # type: ignore[attr-defined]
         paths, root = datamodule.predict_paths, Path(datamodule.predict_dir)
         upright = self.write_upright or getattr(datamodule, "write_upright", None)
         confidence, predicted = probs.max(dim=1)
-        out_dir = Path(trainer.log_dir or ".")
+        # not trainer.log_dir: under DDP that is a collective, and only rank 0 gets here
+        out_dir = Path(trainer.logger.log_dir if trainer.logger is not None and trainer.logger.log_dir else ".")
         out_dir.mkdir(parents=True, exist_ok=True)
         target = out_dir / self.filename
         tmp = target.with_suffix(".csv.tmp")

@@ -60,29 +60,45 @@ class EpochSampler(Sampler):
 
     Passing the epoch with each index lets every sample seed its own augmentation from ``(seed, epoch, index)``, so
     an epoch draws the same images and the same augmentations whichever worker loads them and whether the run was
-    resumed or not.
+    resumed or not. Under distributed training every rank takes its share of the same order: training shards are
+    padded to equal length (each rank must run the same number of steps), evaluation shards are not, so no image is
+    counted twice in a metric.
     """
 
-    def __init__(self, size: int, shuffle: bool, seed: int) -> None:
+    def __init__(
+        self, size: int, shuffle: bool, seed: int, num_replicas: int = 1, rank: int = 0, pad: bool = True
+    ) -> None:
         self.size = size
         self.shuffle = shuffle
         self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.pad = pad
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at every epoch start."""
         self.epoch = epoch
 
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def _order(self) -> list[int]:
         if self.shuffle:
             generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
             order = torch.randperm(self.size, generator=generator).tolist()
         else:
             order = list(range(self.size))
-        return iter([(i, self.epoch) for i in order])
+        if self.num_replicas > 1 and self.pad and order:
+            order += (order * self.num_replicas)[: (-len(order)) % self.num_replicas]
+        return order[self.rank :: self.num_replicas]
+
+    def __len__(self) -> int:
+        if self.num_replicas == 1:
+            return self.size
+        if self.pad:
+            return -(-self.size // self.num_replicas)
+        return len(range(self.rank, self.size, self.num_replicas))
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter([(i, self.epoch) for i in self._order()])
 
 
 class ImageFilesDataset(Dataset):
@@ -231,6 +247,8 @@ class BaseImageDataModule(pl.LightningDataModule):
         self.bad_found: list[BadSample] = []
         self._reported: set[str] = set()
         self._written_to: str | None = None
+        self._synced = False
+        self._predict_synced = False
         self._datasets: dict[str, ImageFilesDataset] = {}
 
     @property
@@ -254,28 +272,60 @@ class BaseImageDataModule(pl.LightningDataModule):
         if stage == "predict":
             self._setup_predict()
         else:
-            if not self.samples:
-                self.data_root, samples = self.build_samples()
-                self.samples = self._screen(samples)
-                by_split = group_by_split(self.samples)
-                counts = ", ".join(f"{s} {len(by_split.get(s, []))}" for s in ("train", "val", "test"))
-                rank_zero_info(f"{type(self).__name__}: {self.num_classes} classes; images: {counts}")
+            world = self.trainer.world_size if self.trainer is not None else 1
+            if not self.samples or (world > 1 and not self._synced):
+                # scanning, header checks and statistics happen once, on rank 0; the other ranks receive the result
+                scan = None
+                if self._is_rank_zero():
+                    cached = (self.data_root, self.samples, self.bad_found, self.normalization)
+                    scan = cached if self.samples else self._scan(stage)
+                self.data_root, self.samples, self.bad_found, self.normalization = self._broadcast(scan)
+                self._reported |= {b.path for b in self.bad_found}
+                self._synced = world > 1
             self._build_datasets()
-            if stage == "fit" and self.normalize == "dataset" and self.normalization is None:
-                self.normalization = self._dataset_statistics()
         self._write_run_files()
+
+    def _scan(self, stage: str) -> tuple[Path, list[Sample], list[BadSample], Any]:
+        data_root, samples = self.build_samples()
+        self.data_root = data_root
+        samples = self._screen(samples)
+        by_split = group_by_split(samples)
+        counts = ", ".join(f"{s} {len(by_split.get(s, []))}" for s in ("train", "val", "test"))
+        rank_zero_info(f"{type(self).__name__}: {self.num_classes} classes; images: {counts}")
+        normalization = self.normalization
+        if stage == "fit" and self.normalize == "dataset" and normalization is None:
+            normalization = self._dataset_statistics(samples)
+        return data_root, samples, list(self.bad_found), normalization
+
+    def _is_rank_zero(self) -> bool:
+        return self.trainer is None or self.trainer.is_global_zero
+
+    def _broadcast(self, obj: Any) -> Any:
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return obj
+        return trainer.strategy.broadcast(obj, src=0)
 
     def _setup_predict(self) -> None:
         if not self.predict_dir:
             raise ValueError("predict needs a folder of images: pass --data.init_args.predict_dir DIR")
-        paths = find_images(self.predict_dir)
-        if not paths:
-            raise ValueError(f"data.predict_dir {self.predict_dir!r} holds no image files")
-        samples = self._screen([Sample(p, i, "predict") for i, p in enumerate(paths)], root=Path(self.predict_dir))
-        self.predict_paths = [s.path for s in samples]
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if not self.predict_paths or (world > 1 and not self._predict_synced):
+            paths = None
+            if self._is_rank_zero():
+                paths = self.predict_paths or self._scan_predict_dir()
+            self.predict_paths = self._broadcast(paths)
+            self._predict_synced = world > 1
         self._datasets["predict"] = self.make_dataset(
-            self.predict_dir, self.predict_paths, list(range(len(samples))), "predict"
+            self.predict_dir, self.predict_paths, list(range(len(self.predict_paths))), "predict"
         )
+
+    def _scan_predict_dir(self) -> list[str]:
+        found = find_images(self.predict_dir)  # type: ignore[arg-type]
+        if not found:
+            raise ValueError(f"data.predict_dir {self.predict_dir!r} holds no image files")
+        samples = [Sample(p, i, "predict") for i, p in enumerate(found)]
+        return [s.path for s in self._screen(samples, root=Path(self.predict_dir))]  # type: ignore[arg-type]
 
     def _screen(self, samples: list[Sample], root: Path | None = None) -> list[Sample]:
         """Drop files whose header is unreadable, report them, and stop when too many are bad."""
@@ -323,11 +373,11 @@ class BaseImageDataModule(pl.LightningDataModule):
                 self.data_root, [s.path for s in items], [s.label for s in items], split
             )
 
-    def _dataset_statistics(self) -> tuple[list[float], list[float]]:
+    def _dataset_statistics(self, samples: list[Sample]) -> tuple[list[float], list[float]]:
         """Exact mean/std of the training split's pixels after the evaluation resize and crop."""
         from lit_transfer.data.stats import compute_channel_stats  # the data card imports this module
 
-        train = [s for s in self.samples if s.split == "train"]
+        train = [s for s in samples if s.split == "train"]
         dataset = self.make_dataset(self.data_root, [s.path for s in train], [s.label for s in train], "val")
         mean, std = compute_channel_stats(dataset, num_workers=self.num_workers)
         rank_zero_info(f"training split mean {[round(m, 4) for m in mean]}, std {[round(v, 4) for v in std]}")
@@ -342,14 +392,17 @@ class BaseImageDataModule(pl.LightningDataModule):
     # --- run folder -----------------------------------------------------------------------------------------------
 
     def _run_dir(self) -> Path | None:
+        # ``trainer.log_dir`` is a collective under DDP; this is only called on rank 0, so ask the logger directly
         trainer = self.trainer
-        if trainer is None or trainer.fast_dev_run or trainer.logger is None or trainer.log_dir is None:
+        if trainer is None or trainer.fast_dev_run or trainer.logger is None or trainer.logger.log_dir is None:
             return None  # no run folder (no logger, or fast_dev_run): log_dir would be the working directory
-        return Path(trainer.log_dir)
+        return Path(trainer.logger.log_dir)
 
     def _write_run_files(self) -> None:
+        if not self._is_rank_zero():
+            return
         run_dir = self._run_dir()
-        if run_dir is None or not self.trainer.is_global_zero or self._written_to == str(run_dir):
+        if run_dir is None or self._written_to == str(run_dir):
             return
         self._written_to = str(run_dir)
         if self.samples:
@@ -376,7 +429,8 @@ class BaseImageDataModule(pl.LightningDataModule):
             if new:
                 self._reported |= {b.path for b in new}
                 self.bad_found += new
-                self._write_bad(new)
+                if self._is_rank_zero():  # other ranks warn; rank 0 keeps the file
+                    self._write_bad(new)
                 rank_zero_warn(
                     f"skipped {len(new)} image(s) that failed to decode ({new[0].path}: {new[0].reason}); "
                     f"{len(self.bad_found)} in {BAD_IMAGES_NAME} so far"
@@ -437,10 +491,13 @@ class BaseImageDataModule(pl.LightningDataModule):
         if pin is None:
             pin = bool(self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator")
         workers = self.num_workers
+        world, rank = self._world()
+        if sampler is None:
+            sampler = EpochSampler(len(dataset), shuffle, self.seed, world, rank, pad=split == "train")
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=sampler or EpochSampler(len(dataset), shuffle, self.seed),
+            sampler=sampler,
             num_workers=workers,
             collate_fn=collate_skipping_bad,
             pin_memory=pin,
@@ -449,13 +506,27 @@ class BaseImageDataModule(pl.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed),
         )
 
+    def _world(self) -> tuple[int, int]:
+        """(number of processes, this process's rank); the data module shards loaders itself (see EpochSampler)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
     def train_dataloader(self) -> DataLoader:
         """Shuffled, augmented training batches; class-balanced draws with ``sampler: balanced``."""
         dataset = self._datasets.get("train")
         if self.sampler != "balanced" or dataset is None or len(dataset) == 0:
             return self._loader("train", shuffle=True)
-        # the same global draw on every rank for an epoch; Lightning shards it under DDP
-        balanced = BalancedSampler(dataset.targets, seed=self.seed, item_keys=True)  # type: ignore[attr-defined]
+        # the same global draw on every rank for an epoch, then each rank takes its shard
+        world, rank = self._world()
+        balanced = BalancedSampler(
+            dataset.targets,  # type: ignore[attr-defined]
+            seed=self.seed,
+            num_replicas=world,
+            rank=rank,
+            item_keys=True,
+        )
         return self._loader("train", shuffle=True, sampler=balanced)
 
     def val_dataloader(self) -> DataLoader:

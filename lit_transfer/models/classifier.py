@@ -14,7 +14,7 @@ from lightning.pytorch.cli import instantiate_class
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from lit_transfer.data.sampler import inverse_frequency_weights
@@ -110,6 +110,7 @@ class TransferClassifier(pl.LightningModule):
         self.milestones = [unfreeze_at_epoch] if unfreeze_at_epoch is not None else sorted(unfreeze_milestones or [])
         self.initial_frozen = frozen_parameter_names(self.backbone, freeze)
         self.frozen: set[str] = set()
+        self._grad_masked = False
         self._set_frozen(self.frozen_at_epoch(0))
         if isinstance(class_weights, list) and len(class_weights) != num_classes:
             raise ValueError(f"model.class_weights has {len(class_weights)} values for {num_classes} classes")
@@ -124,6 +125,7 @@ class TransferClassifier(pl.LightningModule):
             metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
         base = MetricCollection(metrics)
         self.metrics = nn.ModuleDict({f"{s}_metrics": base.clone(prefix=f"{s}_") for s in ("train", "val", "test")})
+        self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in ("train", "val", "test")})
 
     # --- freezing -------------------------------------------------------------------------------------------------
 
@@ -143,14 +145,19 @@ class TransferClassifier(pl.LightningModule):
 
     def _set_frozen(self, frozen: set[str]) -> None:
         self.frozen = frozen
-        apply_freeze(self.backbone, frozen)
+        # Under DDP the set of parameters that need gradients is fixed when the model is wrapped, so a parameter
+        # that thaws later would silently never be synchronised (Lightning #20340). With an unfreeze schedule on
+        # several processes, every parameter that will ever train keeps requires_grad and frozen ones have their
+        # gradients dropped before each optimizer step instead.
+        apply_freeze(self.backbone, set() if self._grad_masked else frozen)
+        set_frozen_bn_eval(self.backbone, frozen)
         if self.backbone_fully_frozen:
             self.backbone.eval()
 
     @property
     def backbone_fully_frozen(self) -> bool:
-        """Whether no backbone parameter trains now (features are then computed in eval mode without gradients)."""
-        return all(not p.requires_grad for p in self.backbone.parameters())
+        """Whether no backbone parameter trains now (the backbone then runs in eval mode)."""
+        return len(self.frozen) == sum(1 for _ in self.backbone.parameters())
 
     def train(self, mode: bool = True) -> TransferClassifier:
         """Switch modes, keeping frozen BatchNorm layers (or a fully frozen backbone) in eval mode."""
@@ -161,6 +168,13 @@ class TransferClassifier(pl.LightningModule):
             else:
                 set_frozen_bn_eval(self.backbone, self.frozen)
         return self
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Drop the gradients of frozen parameters (only present under DDP with an unfreeze schedule)."""
+        if self._grad_masked and self.frozen:
+            for name, param in self.backbone.named_parameters():
+                if name in self.frozen:
+                    param.grad = None
 
     def on_train_epoch_start(self) -> None:
         """Apply the unfreeze schedule for this epoch (derived from the epoch, so a resumed run gets it too)."""
@@ -185,7 +199,7 @@ class TransferClassifier(pl.LightningModule):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone features ``(B, D)`` of a batch of images."""
         x = self.normalize(x)
-        if self.backbone_fully_frozen:
+        if self.backbone_fully_frozen and not self._grad_masked:
             with torch.no_grad():
                 return self.backbone(x)
         return self.backbone(x)
@@ -204,7 +218,10 @@ class TransferClassifier(pl.LightningModule):
         loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=self.hparams.label_smoothing)
         if stage == "train" and not torch.isfinite(loss):
             return self._non_finite(loss, batch), logits
-        self.log(f"{stage}_loss", loss, on_epoch=True, on_step=False, prog_bar=True, batch_size=len(y))
+        # a weighted mean metric: exact epoch loss, synchronised across processes whatever the shard sizes
+        mean_loss = self.losses[f"{stage}_loss"]
+        mean_loss.update(loss.detach(), weight=len(y))
+        self.log(f"{stage}_loss", mean_loss, on_epoch=True, on_step=False, prog_bar=True, batch_size=len(y))
         metrics = self.metrics[f"{stage}_metrics"]
         metrics.update(logits.detach(), y)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(y))
@@ -284,13 +301,16 @@ class TransferClassifier(pl.LightningModule):
     # --- reporting and checkpoints --------------------------------------------------------------------------------
 
     def _log_parameter_table(self) -> None:
-        table = format_parameter_table(parameter_table(self.backbone, self.head))
+        table = format_parameter_table(parameter_table(self.backbone, self.head, self.frozen))
         rank_zero_info(f"{self.hparams.backbone} parameters:\n{table}")
         if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
             self.logger.experiment.add_text("parameters", f"```\n{table}\n```", self.global_step)
 
     def setup(self, stage: str) -> None:
         """Take what the data knows before fitting: inverse-frequency class weights, dataset normalization."""
+        if stage == "fit" and self.milestones and self._trainer is not None and self.trainer.world_size > 1:
+            self._grad_masked = True
+            self._set_frozen(self.frozen)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if stage != "fit" or datamodule is None:
             return

@@ -82,18 +82,27 @@ def set_frozen_bn_eval(backbone: nn.Module, frozen: set[str]) -> None:
         bn.eval()
 
 
-def parameter_table(backbone: nn.Module, head: nn.Module) -> list[tuple[str, int, int]]:
-    """``(stage, trainable, frozen)`` parameter counts per backbone stage, then the head and the total."""
+def parameter_table(backbone: nn.Module, head: nn.Module, frozen: set[str] | None = None) -> list[tuple[str, int, int]]:
+    """``(stage, trainable, frozen)`` parameter counts per backbone stage, then the head and the total.
+
+    A parameter is frozen when it does not require gradients or is named (relative to the backbone) in ``frozen``.
+    """
+    names = {id(p): n for n, p in backbone.named_parameters()}
+    frozen = frozen or set()
+
+    def trains(p: nn.Parameter) -> bool:
+        return p.requires_grad and names.get(id(p)) not in frozen
+
     rows = []
     seen: set[int] = set()
     for stage, module in [*backbone_stages(backbone), ("head", head)]:
         params = [p for p in module.parameters() if id(p) not in seen]
         seen |= {id(p) for p in params}
-        trainable = sum(p.numel() for p in params if p.requires_grad)
+        trainable = sum(p.numel() for p in params if trains(p))
         rows.append((stage, trainable, sum(p.numel() for p in params) - trainable))
     rest = [p for p in backbone.parameters() if id(p) not in seen]
     if rest:
-        trainable = sum(p.numel() for p in rest if p.requires_grad)
+        trainable = sum(p.numel() for p in rest if trains(p))
         rows.append(("(other)", trainable, sum(p.numel() for p in rest) - trainable))
     rows.append(("total", sum(r[1] for r in rows), sum(r[2] for r in rows)))
     return rows

@@ -1,0 +1,274 @@
+"""Predict with an exported lit_transfer model: image files in, ranked class names out.
+
+Self-contained on purpose: it imports numpy and Pillow, plus onnxruntime (ONNX files) or torch (TorchScript files)
+only when a model is loaded, and nothing from lit_transfer or Lightning. Copy it beside a ``.onnx`` file to serve
+the model anywhere onnxruntime runs; within the package, ``from lit_transfer.inference import load_exported`` works
+too (but ``import lit_transfer`` itself loads Lightning).
+
+Preprocessing is read from the exported file's metadata and mirrors lit_transfer's evaluation pipeline: EXIF
+orientation, RGB conversion (16-bit rescaled, transparency composited on white), short side resized to
+``resize_size`` (bilinear, antialiased, as torchvision), center crop of ``image_size``. The model normalizes itself.
+
+    predictor = load_exported("last.onnx")
+    predictor.predict(["cat.jpg", "dog.png"], top_k=3)
+    # [{"path": "cat.jpg", "prediction": "cat", "index": 0, "confidence": 0.93, "top_k": [...]}, ...]
+
+``python lit_transfer/inference.py MODEL IMAGE... [--top_k K]`` prints one JSON object per image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+ImageInput = str | os.PathLike | Image.Image
+TORCHSCRIPT_METADATA_FILE = "metadata.json"
+PROBABILITIES = "probabilities"
+ALPHA_BACKGROUND: tuple[int, int, int] = (255, 255, 255)
+
+
+# --------------------------------------------------------------------------- images (as lit_transfer.data.images)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode → RGB: 16/32-bit rescaled to 8 bits, float scaled from its range, alpha composited on white."""
+    mode = img.mode
+    if mode == "RGB" and "transparency" not in img.info:
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if mode.startswith("I;16"):
+            arr = arr / 257.0
+        elif mode == "I":
+            arr = arr / 257.0 if arr.max(initial=0) > 255 else arr
+        else:
+            lo, hi = float(arr.min(initial=0.0)), float(arr.max(initial=1.0))
+            arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode in ("P", "L", "RGB") and "transparency" in img.info:  # palette index or colour key (tRNS)
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    elif mode == "P":
+        img = img.convert("RGB")
+        mode = "RGB"
+    if mode == "RGB":
+        return img
+    if mode in ("LA", "PA"):
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "RGBa"):
+        background = Image.new("RGB", img.size, ALPHA_BACKGROUND)
+        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
+def load_image(image: ImageInput) -> Image.Image:
+    """A path or PIL image → upright (EXIF orientation applied), fully decoded RGB image.
+
+    Files above Pillow's ``MAX_IMAGE_PIXELS`` are refused before decoding (decompression bombs).
+    """
+    if isinstance(image, Image.Image):
+        return to_rgb(ImageOps.exif_transpose(image))
+    with Image.open(image) as img:
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and img.size[0] * img.size[1] > limit:
+            raise Image.DecompressionBombError(f"{img.size[0]}x{img.size[1]} pixels exceeds the limit of {limit}")
+        img = ImageOps.exif_transpose(img)
+        img.load()
+        return to_rgb(img)
+
+
+def resize_short_side(img: Image.Image, size: int) -> Image.Image:
+    """Resize so the short side is ``size`` (the long side truncated, as torchvision's ``Resize(int)``)."""
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) == (w, h):
+        return img
+    return img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+
+
+def center_crop(img: Image.Image, size: int) -> Image.Image:
+    """The central ``size`` square, zero-padded first where the image is smaller (torchvision's ``CenterCrop``)."""
+    w, h = img.size
+    if w < size or h < size:
+        padded = Image.new(img.mode, (max(w, size), max(h, size)))
+        padded.paste(img, ((size - w) // 2 if size > w else 0, (size - h) // 2 if size > h else 0))
+        img, (w, h) = padded, padded.size
+    top, left = round((h - size) / 2.0), round((w - size) / 2.0)
+    return img.crop((left, top, left + size, top + size))
+
+
+def preprocess(image: ImageInput, resize_size: int, image_size: int) -> np.ndarray:
+    """One image → ``uint8`` array ``(3, image_size, image_size)``, as lit_transfer evaluates."""
+    img = center_crop(resize_short_side(load_image(image), resize_size), image_size)
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+# --------------------------------------------------------------------------- exported models
+
+
+def _parse_metadata(raw: dict[str, str]) -> dict[str, Any]:
+    parsed: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            parsed[key] = json.loads(value)
+        except (TypeError, ValueError):
+            parsed[key] = value  # a property someone else added as plain text
+    return parsed
+
+
+def _onnx_runner(path: Path, providers: Sequence[str] | None) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=list(providers or ["CPUExecutionProvider"]))
+    metadata = _parse_metadata(dict(session.get_modelmeta().custom_metadata_map))
+    input_name = metadata.get("input", {}).get("name") or session.get_inputs()[0].name
+    outputs = [o.name for o in session.get_outputs()]
+    output = PROBABILITIES if PROBABILITIES in outputs else outputs[-1]
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return session.run([output], {input_name: batch})[0]
+
+    return run, metadata
+
+
+def _torchscript_runner(path: Path) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
+    import torch
+
+    extra = {TORCHSCRIPT_METADATA_FILE: ""}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated.*")
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    text = extra[TORCHSCRIPT_METADATA_FILE]
+    metadata = json.loads(text) if text else {}
+    module.eval()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = module(torch.from_numpy(batch))
+        probs = out[-1] if isinstance(out, (tuple, list)) else out.softmax(dim=1)
+        return probs.numpy()
+
+    return run, metadata
+
+
+class Predictor:
+    """An exported model with its preprocessing: :meth:`predict` on image files or PIL images.
+
+    Attributes:
+        path: the exported file.
+        metadata: everything the export stored (class names, sizes, mean/std, angles, provenance).
+        class_names: class names in output order.
+        image_size: side of the square model input.
+        resize_size: short side images are resized to before the center crop.
+        class_angles: each class's angle in degrees for a RotNet model, else ``None``.
+    """
+
+    def __init__(self, path: str | os.PathLike, run: Callable[[np.ndarray], np.ndarray], metadata: dict) -> None:
+        missing = [k for k in ("class_names", "image_size", "resize_size") if k not in metadata]
+        if missing:
+            raise ValueError(f"{str(path)!r} is not a lit_transfer export: its metadata lacks {', '.join(missing)}")
+        self.path = Path(path)
+        self.metadata = metadata
+        self.class_names: list[str] = [str(n) for n in metadata["class_names"]]
+        self.image_size = int(metadata["image_size"])
+        self.resize_size = int(metadata["resize_size"])
+        angles = metadata.get("class_angles")
+        self.class_angles: list[float] | None = [float(a) for a in angles] if angles is not None else None
+        self._run = run
+
+    def preprocess(self, image: ImageInput) -> np.ndarray:
+        """One image → the model's ``uint8`` input ``(3, image_size, image_size)``."""
+        return preprocess(image, self.resize_size, self.image_size)
+
+    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(N, num_classes)`` of a preprocessed ``uint8`` batch ``(N, 3, H, W)``."""
+        return np.asarray(self._run(np.ascontiguousarray(batch, dtype=np.uint8)), dtype=np.float32)
+
+    def predict(
+        self, images: ImageInput | Iterable[ImageInput], top_k: int = 5, batch_size: int = 32
+    ) -> list[dict[str, Any]]:
+        """Ranked predictions for image files or PIL images (one dict per image, in order).
+
+        Each dict has ``path`` (``None`` for a PIL image), ``prediction`` (class name), ``index``, ``confidence``
+        and ``top_k`` (``[{"class", "index", "probability"}, …]``, best first); a RotNet model adds ``angle``, the
+        predicted rotation in degrees counter-clockwise (rotate the image back by it to make it upright).
+        """
+        if isinstance(images, (str, os.PathLike, Image.Image)):
+            images = [images]
+        items = list(images)
+        k = max(1, min(int(top_k), len(self.class_names)))
+        results: list[dict[str, Any]] = []
+        for start in range(0, len(items), max(1, batch_size)):
+            chunk = items[start : start + max(1, batch_size)]
+            probs = self.predict_batch(np.stack([self.preprocess(image) for image in chunk]))
+            for image, row in zip(chunk, probs, strict=True):
+                order = np.argsort(-row, kind="stable")[:k]
+                best = int(order[0])
+                result: dict[str, Any] = {
+                    "path": None if isinstance(image, Image.Image) else os.fspath(image),
+                    "prediction": self.class_names[best],
+                    "index": best,
+                    "confidence": float(row[best]),
+                    "top_k": [
+                        {"class": self.class_names[int(i)], "index": int(i), "probability": float(row[i])}
+                        for i in order
+                    ],
+                }
+                if self.class_angles is not None:
+                    result["angle"] = self.class_angles[best]
+                results.append(result)
+        return results
+
+
+def load_exported(path: str | os.PathLike, providers: Sequence[str] | None = None) -> Predictor:
+    """Load an exported model: ONNX through onnxruntime, TorchScript (a zip archive) through ``torch.jit.load``.
+
+    Args:
+        path: a file written by ``lit_transfer export``.
+        providers: onnxruntime execution providers (default CPU), e.g. ``["CUDAExecutionProvider"]``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a lit_transfer export.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"exported model {str(path)!r} does not exist")
+    try:
+        run, metadata = _torchscript_runner(path) if zipfile.is_zipfile(path) else _onnx_runner(path, providers)
+    except ImportError:
+        raise
+    except Exception as err:  # onnxruntime and torch.jit raise their own types for files that are no model
+        raise ValueError(f"{str(path)!r} is not an ONNX or TorchScript model: {type(err).__name__}: {err}") from err
+    return Predictor(path, run, metadata)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python inference.py MODEL IMAGE... [--top_k K]``: one JSON line per image."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Predict with an exported lit_transfer model.")
+    parser.add_argument("model", help="a .onnx or TorchScript file written by lit_transfer export")
+    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("--top_k", type=int, default=5, help="ranked classes per image (default 5)")
+    args = parser.parse_args(argv)
+    predictor = load_exported(args.model)
+    for result in predictor.predict(args.images, top_k=args.top_k):
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

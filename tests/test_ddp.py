@@ -1,0 +1,174 @@
+"""DDP on CPU (gloo): the same config on 2 processes and on 2 simulated nodes, proven on this machine."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+
+
+def base_args(root: Path, *extra: str, epochs: int = 1, experiment: str = "ddp") -> list[str]:
+    return [
+        "--data", "ImageFolderDataModule",
+        "--data.root", str(root),
+        "--data.image_size", "32",
+        "--data.batch_size", "2",
+        "--data.num_workers", "0",
+        "--data.val_fraction", "0.3",
+        "--model", "TransferClassifier",
+        "--model.backbone", "smallcnn",
+        "--trainer.max_epochs", str(epochs),
+        "--trainer.accelerator", "cpu",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+        "--experiment", experiment,
+        *extra,
+    ]  # fmt: skip
+
+
+DDP2 = ("--trainer.devices", "2", "--trainer.strategy", "ddp")
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "lit_transfer", *args], cwd=cwd, capture_output=True, text=True, timeout=240,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def scalars(run_dir: Path) -> dict[str, float]:
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"]}
+
+
+@pytest.fixture
+def uneven_tree(tree_factory) -> Path:
+    # 3 + 2 + 2 = 7 validation images: an odd count that a padding sampler would count one image twice for
+    return tree_factory("data", per_class={"red": 9, "green": 7, "blue": 5})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_report_the_metrics_of_one(uneven_tree: Path, tmp_path: Path) -> None:
+    run(["fit", *base_args(uneven_tree)], tmp_path)
+    ckpt = str(tmp_path / "runs/ddp/version_0/checkpoints/last.ckpt")
+    run(["validate", *base_args(uneven_tree, experiment="one"), "--ckpt_path", ckpt], tmp_path)
+    run(["validate", *base_args(uneven_tree, *DDP2, experiment="two"), "--ckpt_path", ckpt], tmp_path)
+    one = scalars(tmp_path / "runs/one/version_0")
+    two = scalars(tmp_path / "runs/two/version_0")
+    for key in ("val_acc", "val_loss", "val_f1"):
+        assert two[key] == pytest.approx(one[key], abs=1e-6), key
+
+
+def test_two_processes_predict_every_file_once(uneven_tree: Path, tmp_path: Path) -> None:
+    run(["fit", *base_args(uneven_tree, *DDP2)], tmp_path)
+    run_dir = tmp_path / "runs/ddp/version_0"
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == sorted(
+        ["last.ckpt", *[p.name for p in (run_dir / "checkpoints").glob("epoch*.ckpt")]]
+    )
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # one TensorBoard writer: rank 0's
+    with open(run_dir / "split_manifest.csv") as f:
+        assert len(list(csv.DictReader(f))) == 21
+    run(["predict", *base_args(uneven_tree, *DDP2), "--ckpt_path", str(run_dir / "checkpoints/last.ckpt"),
+         "--data.predict_dir", str(uneven_tree / "green")], tmp_path)  # fmt: skip
+    with open(tmp_path / "runs/ddp/version_1/predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(Path(r["path"]).name for r in rows) == sorted(p.name for p in (uneven_tree / "green").iterdir())
+
+
+def test_gradual_unfreezing_and_resume_under_ddp(uneven_tree: Path, tmp_path: Path) -> None:
+    extra = (*DDP2, "--model.backbone", "resnet18", "--model.freeze", "backbone", "--model.unfreeze_at_epoch", "1",
+             "--checkpoint.save_top_k", "-1", "--checkpoint.monitor", "null")  # fmt: skip
+    run(["fit", *base_args(uneven_tree, *extra, epochs=1)], tmp_path)
+    ckpts = tmp_path / "runs/ddp/version_0/checkpoints"
+    first = torch.load(ckpts / "last.ckpt", weights_only=True)
+    run(["fit", *base_args(uneven_tree, *extra, epochs=2), "--ckpt_path", "last"], tmp_path)
+    second = torch.load(ckpts / "last.ckpt", weights_only=True)
+    assert second["epoch"] == 1
+    key = "backbone.layer1.0.conv1.weight"
+    assert not torch.equal(first["state_dict"][key], second["state_dict"][key])  # thawed at epoch 1, and synced
+    groups = second["optimizer_states"][0]["param_groups"]
+    assert [g["name"] for g in groups] == ["head", "backbone"]
+
+
+def test_two_simulated_nodes(uneven_tree: Path, tmp_path: Path) -> None:
+    port = str(free_port())
+    args = [
+        sys.executable,
+        "-m",
+        "lit_transfer",
+        "fit",
+        *base_args(uneven_tree, "--trainer.num_nodes", "2", "--trainer.devices", "1", "--trainer.strategy", "ddp"),
+    ]
+    procs = []
+    for node in (0, 1):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": str(node),
+               "WORLD_SIZE": "2", "LOCAL_RANK": "0"}  # fmt: skip
+        procs.append(subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))  # fmt: skip
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    runs = list((tmp_path / "runs/ddp").iterdir())
+    assert len(runs) == 1
+    assert (runs[0] / "checkpoints/last.ckpt").exists()
+    assert len(list(runs[0].glob("events.out.tfevents.*"))) == 1
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:] if proc.stderr else ""
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_sigterm_to_all_ranks_saves_once_and_exits_143(uneven_tree: Path, tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lit_transfer", "fit", *base_args(uneven_tree, *DDP2, epochs=500)],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "LIT_TRANSFER_SIGTERM_GRACE": "30"},
+    )  # fmt: skip
+    ckpts = tmp_path / "runs/ddp/version_0/checkpoints"
+    wait_for(ckpts / "last.ckpt", proc)
+    os.killpg(proc.pid, signal.SIGTERM)  # what scancel does: every process of the job
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert torch.load(ckpts / "interrupted.ckpt", weights_only=True)["state_dict"]
+
+
+def test_sigterm_to_one_rank_ends_the_job(uneven_tree: Path, tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lit_transfer", "fit", *base_args(uneven_tree, *DDP2, epochs=500)],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "LIT_TRANSFER_SIGTERM_GRACE": "5"},
+    )  # fmt: skip
+    wait_for(tmp_path / "runs/ddp/version_0/checkpoints/last.ckpt", proc)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert children, "rank 1 not found"
+    start = time.monotonic()
+    os.kill(int(children[0]), signal.SIGTERM)
+    try:
+        proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 90
