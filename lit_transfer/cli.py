@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import ActionConfigFile, Namespace
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, LRSchedulerTypeTuple
@@ -118,8 +119,10 @@ class LitTransferCLI(LightningCLI):
                     default_hp_metric=False,
                 ),
             )
-        if not config.get("plugins"):
-            kwargs.setdefault("plugins", [AtomicCheckpointIO()])
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
         callbacks: list[Any] = [PredictionWriter(), SigtermHandler()]
         seed = self._get(self.config, "seed_everything")
         if seed is not False and seed is not None:
