@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lit_transfer.data import Caltech101DataModule, ImageFolderDataModule
+from lit_transfer.data import Caltech101DataModule, ImageFolderDataModule, RotNetDataModule
 from lit_transfer.demo import build_digits
 from lit_transfer.models import TransferClassifier
 
@@ -16,7 +16,7 @@ README = (Path(__file__).parents[1] / "README.md").read_text()
 
 
 def test_readme_documents_every_public_argument() -> None:
-    for cls in (TransferClassifier, ImageFolderDataModule, Caltech101DataModule):
+    for cls in (TransferClassifier, ImageFolderDataModule, Caltech101DataModule, RotNetDataModule):
         for name in inspect.signature(cls.__init__).parameters:
             if name != "self":
                 assert f"`{name}`" in README, f"README lacks {cls.__name__} argument {name!r}"

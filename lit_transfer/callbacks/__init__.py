@@ -3,5 +3,6 @@
 from lit_transfer.callbacks.checkpoint import RunCheckpoint
 from lit_transfer.callbacks.predictions import PredictionWriter
 from lit_transfer.callbacks.reports import TensorBoardReports
+from lit_transfer.callbacks.upright import RotationPredictionWriter
 
-__all__ = ["PredictionWriter", "RunCheckpoint", "TensorBoardReports"]
+__all__ = ["PredictionWriter", "RotationPredictionWriter", "RunCheckpoint", "TensorBoardReports"]

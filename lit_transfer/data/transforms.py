@@ -43,9 +43,7 @@ def eval_transform(image_size: int) -> Transform:
 @register_transform("standard")
 def standard_transform(image_size: int) -> Transform:
     """RandomResizedCrop + horizontal flip: the usual ImageNet fine-tuning recipe."""
-    return v2.Compose(
-        [v2.PILToTensor(), v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
-    )
+    return v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()])
 
 
 @register_transform("seed002")

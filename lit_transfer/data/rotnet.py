@@ -1,0 +1,356 @@
+"""RotNetDataModule: self-supervised rotation prediction on unlabeled images (RotNet, and RotNet-by-45°)."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from lit_transfer.data.base import (
+    BadImagePolicy,
+    BadSample,
+    BaseImageDataModule,
+    EpochSampler,
+    ImageFilesDataset,
+    mix_seed,
+)
+from lit_transfer.data.images import find_images
+from lit_transfer.data.rotation import rotate_views, source_size
+from lit_transfer.data.splits import Sample, stratified_split
+from lit_transfer.data.transforms import Transform, train_transform
+
+AngleMode = Literal["discrete", "binned"]
+Geometry = Literal["safe", "naive"]
+SquareMode = Literal["crop", "resize"]
+SOURCE_CLASS = "images"  # the single pseudo-class the split is stratified over
+
+
+def rotation_class_names(num_rotations: int, angle_mode: AngleMode = "discrete") -> list[str]:
+    """Class names ``0°, 45°, …``: each class's angle (a bin's centre in ``binned`` mode, ``22.5°, 67.5°, …``)."""
+    step = 360 / num_rotations
+    offset = 0.5 if angle_mode == "binned" else 0.0
+    return [f"{(k + offset) * step:g}°" for k in range(num_rotations)]
+
+
+def square_transform(size: int, square: SquareMode = "crop") -> Transform:
+    """PIL image → ``uint8`` square of side ``size``: the centre square of the photo, or the whole photo squashed."""
+    if square == "crop":
+        return v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+    return v2.Compose([v2.PILToTensor(), v2.Resize((size, size), antialias=True)])
+
+
+def matches(path: str, patterns: Sequence[str]) -> bool:
+    """Whether a relative POSIX path matches a glob pattern (its file name, or the whole path for ``a/b`` patterns).
+
+    Case-insensitive, so ``*.png`` also takes ``IMG_0001.PNG``.
+    """
+    name = path.rsplit("/", 1)[-1].lower()
+    return any(fnmatch.fnmatchcase(path.lower() if "/" in p else name, p.lower()) for p in patterns)
+
+
+class RotationDataset(Dataset):
+    """Rotated views of the square source images of an :class:`ImageFilesDataset`.
+
+    Items are ``(uint8 view, label, source index)`` (or the source's :class:`BadSample`), so base's collate, bad-image
+    report and ``paths_of`` work unchanged. Items are addressed by a position or by ``(position, epoch)``.
+
+    - ``random``: one view per image, its rotation drawn from ``(seed, epoch, index)``;
+    - ``grouped``: every rotation of every image, at ``index * num_rotations + k``, for validation and testing, and
+      for training with ``all_rotations`` (with :class:`RotationGroupSampler`);
+    - ``upright``: the unrotated view with the source's own target (the file index), for prediction.
+
+    Consecutive items of one image are made together from one decode and one band-limited source. Only training
+    (``per_epoch``) lets the epoch change augmentation and binned angles; evaluation views never change.
+    """
+
+    def __init__(
+        self,
+        images: ImageFilesDataset,
+        mode: Literal["random", "grouped", "upright"],
+        num_rotations: int,
+        angle_mode: AngleMode,
+        geometry: Geometry,
+        output_size: int,
+        seed: int,
+        per_epoch: bool = False,
+    ) -> None:
+        self.images = images
+        self.mode = mode
+        self.num_rotations = num_rotations
+        self.angle_mode = angle_mode
+        self.geometry = geometry
+        self.output_size = output_size
+        self.seed = seed
+        self.per_epoch = per_epoch
+        self.step = 360 / num_rotations
+        self._cache: tuple[tuple[int, int], Any] | None = None
+
+    @property
+    def root(self) -> Path:
+        """Folder the source paths are relative to."""
+        return self.images.root
+
+    @property
+    def paths(self) -> list[str]:
+        """Source image paths, indexed by the third element of every item."""
+        return self.images.paths
+
+    def __len__(self) -> int:
+        return len(self.images) * (self.num_rotations if self.mode == "grouped" else 1)
+
+    def angle(self, label: int, generator: torch.Generator | None) -> float:
+        """The rotation of class ``label``: exactly ``label * step``, or uniform within its bin."""
+        if self.angle_mode == "discrete":
+            return label * self.step
+        return (label + float(torch.rand((), generator=generator))) * self.step
+
+    def draw(self, index: int, epoch: int) -> tuple[int, float]:
+        """Label and angle of source ``index``'s single view in ``epoch``: a uniform class, or a uniform angle."""
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, index, 2))
+        if self.angle_mode == "binned":
+            angle = float(torch.rand((), generator=generator)) * 360
+            return min(int(angle // self.step), self.num_rotations - 1), angle
+        label = int(torch.randint(self.num_rotations, (), generator=generator))
+        return label, self.angle(label, generator)
+
+    def grouped_angles(self, index: int, epoch: int = 0) -> list[float]:
+        """The angle of every class's view of source ``index`` (fixed for evaluation, where ``epoch`` is 0)."""
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, index, 3))
+        return [self.angle(k, generator) for k in range(self.num_rotations)]
+
+    def __getitem__(self, item: int | tuple[int, int]) -> Any:
+        position, epoch = item if isinstance(item, tuple) else (item, 0)
+        epoch = epoch if self.per_epoch else 0
+        if self.mode != "grouped":
+            source = self.images[(position, epoch)]
+            if isinstance(source, BadSample):
+                return source
+            if self.mode == "upright":
+                label, angle = source[1], 0.0  # for predict, the target is the file's index
+            else:
+                label, angle = self.draw(position, epoch)
+            view = rotate_views(source[0], [angle], self.geometry, self.output_size)[0]
+            return view, label, source[2]
+        index, label = divmod(position, self.num_rotations)
+        if self._cache is None or self._cache[0] != (index, epoch):
+            source = self.images[(index, epoch)]
+            views = source
+            if not isinstance(source, BadSample):
+                views = rotate_views(source[0], self.grouped_angles(index, epoch), self.geometry, self.output_size)
+            self._cache = ((index, epoch), views)  # the image's other rotations are the next items
+        views = self._cache[1]
+        if isinstance(views, BadSample):
+            return views
+        return views[label], label, index
+
+
+class RotationGroupSampler(EpochSampler):
+    """:class:`EpochSampler` over images that yields all rotations of each image in a row.
+
+    Images come in an order seeded by ``(seed, epoch)`` and are sharded whole across ranks, so with a batch size that
+    is a multiple of ``num_rotations`` every batch holds all rotations of its images (the paper's recipe).
+    """
+
+    def __init__(self, num_images: int, num_rotations: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(num_images, True, seed, num_replicas, rank, pad=True)
+        self.num_rotations = num_rotations
+
+    def __len__(self) -> int:
+        return super().__len__() * self.num_rotations
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        r = self.num_rotations
+        return iter([(image * r + k, self.epoch) for image in self._order() for k in range(r)])
+
+
+class RotNetDataModule(BaseImageDataModule):
+    """Unlabeled images → rotated views labelled with their rotation: the RotNet pretext task.
+
+    Every image below ``root`` (class folders, if any, are ignored) is one source; the sources are split into
+    train/val/test by the fractions (seeded, by source image, so no image's rotations cross splits). Label ``k``
+    means the view was rotated counter-clockwise by ``k * 360 / num_rotations`` degrees.
+
+    Args:
+        root: folder, or list of folders, searched recursively for images.
+        patterns: glob patterns an image's file name must match (``["*.png"]`` as in seed 000; a pattern with
+            ``/`` is matched against the path below its root); default: every common image extension.
+        num_rotations: 8 (45° steps, "RotNet-by-45°") or 4 (90° steps, Gidaris et al. 2018).
+        angle_mode: ``discrete`` (exactly ``k`` steps) or ``binned`` (a uniform angle, label = its bin; classes are
+            named by their bin's centre).
+        geometry: ``safe`` (exact band-limited rotation, central crop: nothing but the content tells the angle) or
+            ``naive`` (seed 000: bilinear rotation of the whole image, black corners; leaks the angle).
+        all_rotations: train on every rotation of each image in the same batch (the paper's recipe; ``batch_size``
+            should be a multiple of ``num_rotations``) instead of one random rotation per image and epoch.
+        square: make non-square photos square by ``crop`` (the centre square) or ``resize`` (squash).
+        val_fraction: share of the images held out for validation (every image in every rotation).
+        test_fraction: share of the images held out for testing.
+        image_size: side of the views fed to the model.
+        batch_size: views per batch (per device).
+        num_workers: loader processes; ``None`` uses every core this process may use.
+        augmentation: train transform preset applied to the square source before rotating (``none``, ``standard``).
+        pin_memory: page-locked batches; ``None`` pins when a GPU is used.
+        persistent_workers: keep loader processes alive between epochs.
+        predict_dir: folder of images for ``predict`` (searched recursively).
+        write_upright: on ``predict`` with a RotNetClassifier, also write every ``predict_dir`` image turned upright
+            by its predicted angle into this folder (same relative path and format; whole image, expanded canvas).
+        seed: seed of the split, the image order, the rotations and the augmentation.
+        bad_images: ``skip`` unreadable images and list them in ``bad_images.csv``, or stop with an ``error``.
+        max_bad_fraction: stop before training when more than this share of the images is unreadable.
+        check_images: read every file's header at setup, so most bad files are known before training starts.
+        loader_timeout: seconds to wait for a batch from a worker before failing (0 waits forever).
+        normalize: ``model`` (the backbone weights' mean/std) or ``dataset`` (exact mean/std of the training
+            split's views, stored in the checkpoint).
+    """
+
+    def __init__(
+        self,
+        root: str | list[str],
+        patterns: list[str] | None = None,
+        num_rotations: Literal[4, 8] = 8,
+        angle_mode: AngleMode = "discrete",
+        geometry: Geometry = "safe",
+        all_rotations: bool = False,
+        square: SquareMode = "crop",
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.0,
+        image_size: int = 224,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        augmentation: str = "none",
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        predict_dir: str | None = None,
+        write_upright: str | None = None,
+        seed: int = 42,
+        bad_images: BadImagePolicy = "skip",
+        max_bad_fraction: float = 0.05,
+        check_images: bool = True,
+        loader_timeout: float = 0.0,
+        normalize: Literal["model", "dataset"] = "model",
+    ) -> None:
+        super().__init__(
+            image_size=image_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            augmentation=augmentation,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            predict_dir=predict_dir,
+            seed=seed,
+            bad_images=bad_images,
+            max_bad_fraction=max_bad_fraction,
+            check_images=check_images,
+            loader_timeout=loader_timeout,
+            normalize=normalize,
+        )
+        if num_rotations not in (4, 8):
+            raise ValueError(f"data.num_rotations={num_rotations}: use 8 (45° steps) or 4 (90° steps)")
+        if angle_mode not in ("discrete", "binned"):
+            raise ValueError(f"data.angle_mode={angle_mode!r}: use 'discrete' or 'binned'")
+        if geometry not in ("safe", "naive"):
+            raise ValueError(f"data.geometry={geometry!r}: use 'safe' or 'naive'")
+        if square not in ("crop", "resize"):
+            raise ValueError(f"data.square={square!r}: use 'crop' or 'resize'")
+        if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+            raise ValueError(
+                f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must be in [0, 1) and "
+                "sum to less than 1"
+            )
+        self.roots = [root] if isinstance(root, str) else list(root)
+        if not self.roots:
+            raise ValueError("data.root is an empty list: give at least one folder of images")
+        for folder in self.roots:
+            if not Path(folder).is_dir():
+                raise FileNotFoundError(f"image folder {folder!r} does not exist or is not a directory")
+        if write_upright and predict_dir and Path(write_upright).resolve() == Path(predict_dir).resolve():
+            raise ValueError("data.write_upright must differ from data.predict_dir: the originals would be overwritten")
+        if all_rotations and batch_size % num_rotations:
+            rank_zero_warn(
+                f"data.batch_size={batch_size} is not a multiple of data.num_rotations={num_rotations}: with "
+                "all_rotations, some images' rotations will be split across batches"
+            )
+        self.root = root
+        self.write_upright = write_upright
+        self.patterns = list(patterns) if patterns else None
+        self.num_rotations = num_rotations
+        self.angle_mode = angle_mode
+        self.geometry = geometry
+        self.all_rotations = all_rotations
+        self.square = square
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.class_names = rotation_class_names(num_rotations, angle_mode)
+        right_angles_only = num_rotations == 4 and angle_mode == "discrete"
+        self.source_size = source_size(image_size, geometry, right_angles_only)
+
+    @property
+    def angles(self) -> list[float]:
+        """Each class's angle in degrees (a bin's centre in ``binned`` mode)."""
+        return [float(name.rstrip("°")) for name in self.class_names]
+
+    def find_sources(self) -> tuple[Path, list[str]]:
+        """Every image below the roots that matches the patterns, relative to the roots' common folder."""
+        roots = [Path(r).resolve() for r in self.roots]
+        base = Path(os.path.commonpath([str(r) for r in roots]))
+        found: dict[str, None] = {}
+        for root in roots:
+            files = find_images(root, ("",)) if self.patterns else find_images(root)
+            for rel in files:
+                if self.patterns is None or matches(rel, self.patterns):
+                    found[(root / rel).relative_to(base).as_posix()] = None
+        if not found:
+            wanted = f"matching {self.patterns}" if self.patterns else "with an image extension"
+            raise ValueError(f"no image files {wanted} below data.root {self.root!r}")
+        return base, sorted(found)
+
+    def build_samples(self) -> tuple[Path, list[Sample]]:
+        """Split the source images (one pseudo-class, so the split is by image) into train/val/test."""
+        base, files = self.find_sources()
+        samples = stratified_split(
+            {SOURCE_CLASS: files}, [SOURCE_CLASS], self.val_fraction, self.test_fraction, self.seed
+        )
+        return base, [Sample(s.path, 0, s.split) for s in samples]
+
+    def source_transform(self, split: str) -> Transform:
+        """PIL image → square ``uint8`` source at :attr:`source_size`: augmented for ``train`` unless ``none``."""
+        if split == "train" and self.augmentation != "none":
+            return train_transform(self.augmentation, self.source_size)
+        return square_transform(self.source_size, self.square)
+
+    def make_dataset(self, root: str | Path, paths: Sequence[str], targets: Sequence[int], split: str) -> Dataset:
+        """Source images of one split, wrapped in their rotated views."""
+        images = ImageFilesDataset(
+            root, paths, targets, self.source_transform(split), split, self.bad_images, self.seed
+        )
+        if split == "predict":
+            mode = "upright"
+        elif split == "train" and not self.all_rotations:
+            mode = "random"
+        else:
+            mode = "grouped"
+        return RotationDataset(
+            images,
+            mode,  # type: ignore[arg-type]
+            self.num_rotations,
+            self.angle_mode,
+            self.geometry,
+            self.image_size,
+            self.seed,
+            per_epoch=split == "train",
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training views; with ``all_rotations`` shuffled images, each with all its rotations in a row."""
+        dataset = self._datasets.get("train")
+        if not self.all_rotations or dataset is None or len(dataset) == 0:
+            return self._loader("train", shuffle=True)  # (an empty split is reported there)
+        world, rank = self._world()
+        images = len(dataset) // self.num_rotations
+        return self._loader("train", True, RotationGroupSampler(images, self.num_rotations, self.seed, world, rank))

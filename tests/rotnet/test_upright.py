@@ -1,0 +1,97 @@
+"""Auto-upright: predictions.csv with angles, and images turned back by the predicted angle, whole, same format."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from rotnet_images import asymmetric_image
+
+from lit_transfer.callbacks.upright import RotationPredictionWriter, rotate_upright, write_upright_image
+
+NAMES = [f"{45 * k}°" for k in range(8)]
+
+
+def as_array(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+@pytest.mark.parametrize("turns", [1, 2, 3])
+def test_right_angles_are_undone_exactly(turns: int) -> None:
+    upright = Image.fromarray(asymmetric_image())
+    rotated = upright.rotate(90 * turns, expand=True)  # a photo taken sideways: counter-clockwise by 90° k
+    restored = rotate_upright(rotated, 90 * turns)
+    assert restored.size == upright.size and np.array_equal(as_array(restored), as_array(upright))
+
+
+def test_45_degrees_is_undone_on_an_expanded_canvas() -> None:
+    upright = Image.fromarray(asymmetric_image())
+    rotated = upright.rotate(45, resample=Image.Resampling.BICUBIC, expand=True)
+    restored = rotate_upright(rotated, 45)
+    assert restored.width >= upright.width and restored.height >= upright.height  # nothing cut off
+    left, top = (restored.width - upright.width) // 2, (restored.height - upright.height) // 2
+    middle = as_array(restored)[top + 12 : top + upright.height - 12, left + 12 : left + upright.width - 12]
+    assert np.abs(middle - as_array(upright)[12:-12, 12:-12]).mean() < 3
+    wrong = as_array(rotate_upright(rotated, 315))  # turning the other way does not restore it
+    assert np.abs(wrong[top + 12 : top + upright.height - 12, left + 12 : left + upright.width - 12]
+                  - as_array(upright)[12:-12, 12:-12]).mean() > 10  # fmt: skip
+
+
+def test_formats_modes_and_exif_are_kept(tmp_path: Path) -> None:
+    rgb = Image.fromarray(asymmetric_image())
+    rgb.save(tmp_path / "photo.jpg", quality=95)
+    rgba = rgb.convert("RGBA")
+    rgba.save(tmp_path / "logo.png")
+    rgb.convert("L").save(tmp_path / "scan.tif")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: viewers (and the model, through exif_transpose) turn it 90° clockwise
+    rgb.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    out = tmp_path / "out"
+    for name, angle in [("photo.jpg", 90), ("logo.png", 45), ("scan.tif", 180), ("phone.jpg", 0)]:
+        write_upright_image(tmp_path / name, out / name, angle)
+    with Image.open(out / "photo.jpg") as img:
+        assert img.format == "JPEG" and img.size == (64, 80)
+    with Image.open(out / "logo.png") as img:
+        assert img.format == "PNG" and img.mode == "RGBA" and img.getpixel((0, 0))[3] == 0  # transparent corners
+    with Image.open(out / "scan.tif") as img:
+        assert img.format == "TIFF" and img.mode == "L" and img.size == (80, 64)
+    with Image.open(out / "phone.jpg") as img:  # the EXIF turn applied once and the tag gone
+        assert img.size == (64, 80) and img.getexif().get(0x0112, 1) == 1
+
+
+def test_writer_writes_csv_and_upright_images(tmp_path: Path) -> None:
+    photos, upright = tmp_path / "photos", tmp_path / "upright"
+    (photos / "sub").mkdir(parents=True)
+    original = Image.fromarray(asymmetric_image())
+    original.rotate(90, expand=True).save(photos / "a.png")  # counter-clockwise 90°
+    original.rotate(270, expand=True).save(photos / "sub" / "b.png")  # counter-clockwise 270°
+    probs = torch.full((2, 8), 0.02)
+    probs[0, 2], probs[1, 6] = 0.86, 0.86  # classes 90° and 270°
+    trainer = SimpleNamespace(
+        is_global_zero=True,
+        world_size=1,
+        logger=SimpleNamespace(log_dir=str(tmp_path / "run")),
+        datamodule=SimpleNamespace(predict_paths=["a.png", "sub/b.png"], predict_dir=str(photos), write_upright=None),
+    )
+    module = SimpleNamespace(class_names=NAMES, hparams=SimpleNamespace(top_k=5))
+    writer = RotationPredictionWriter(write_upright=str(upright))
+    writer.write_on_epoch_end(trainer, module, [{"probs": probs[[1]], "index": torch.tensor([1])},  # type: ignore[arg-type]
+                                                {"probs": probs[[0]], "index": torch.tensor([0])}], None)  # fmt: skip
+    with open(tmp_path / "run" / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"] for r in rows] == [str(photos / "a.png"), str(photos / "sub" / "b.png")]
+    assert [r["angle"] for r in rows] == ["90", "270"] and rows[0]["confidence"] == "0.860000"
+    assert list(rows[0])[3:] == [f"p_{45 * k}" for k in range(8)] + ["upright"]
+    for rel in ("a.png", "sub/b.png"):
+        with Image.open(upright / rel) as img:
+            assert np.array_equal(as_array(img), as_array(original))  # restored exactly
+    # the data module's write_upright is used when the writer has none
+    trainer.datamodule.write_upright = str(tmp_path / "from_data")
+    outputs = [{"probs": probs, "index": torch.tensor([0, 1])}]
+    RotationPredictionWriter().write_on_epoch_end(trainer, module, outputs, None)  # type: ignore[arg-type]
+    assert (tmp_path / "from_data" / "sub" / "b.png").is_file()
