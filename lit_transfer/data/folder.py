@@ -7,20 +7,21 @@ from pathlib import Path
 from typing import Literal
 
 from lit_transfer.data.base import BadImagePolicy, BaseImageDataModule
-from lit_transfer.data.images import find_images, list_class_dirs
+from lit_transfer.data.images import class_dirs, find_images, list_class_dirs
 from lit_transfer.data.splits import Sample, stratified_split
 
 
 def scan_class_folders(folder: Path, class_names: list[str]) -> dict[str, list[str]]:
     """Image files per class below ``folder``, relative to ``folder``; an empty class folder is an error."""
+    dirs = class_dirs(folder)
     files: dict[str, list[str]] = {}
     for name in class_names:
-        found = find_images(folder / name)
+        found = find_images(folder / dirs[name])
         if not found:
             raise ValueError(
-                f"class folder {str(folder / name)!r} holds no image files; add images or remove the folder"
+                f"class folder {str(folder / dirs[name])!r} holds no image files; add images or remove the folder"
             )
-        files[name] = [f"{name}/{p}" for p in found]
+        files[name] = [f"{dirs[name]}/{p}" for p in found]
     return files
 
 
@@ -131,8 +132,11 @@ class ImageFolderDataModule(BaseImageDataModule):
             if split not in folders:
                 continue
             folder = folders[split]
-            present = set(list_class_dirs(folder))
+            present = class_dirs(folder)
             for label, name in enumerate(self.class_names):
                 if name in present:
-                    samples += [Sample(rel(folder, f"{name}/{p}"), label, split) for p in find_images(folder / name)]
+                    dirname = present[name]
+                    samples += [
+                        Sample(rel(folder, f"{dirname}/{p}"), label, split) for p in find_images(folder / dirname)
+                    ]
         return base, samples

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -54,12 +55,32 @@ def is_image_file(path: str | Path, extensions: Iterable[str] = IMG_EXTENSIONS) 
     return not is_hidden(name) and name.lower().endswith(tuple(extensions))
 
 
-def list_class_dirs(root: str | Path) -> list[str]:
-    """Sorted names of the class folders under ``root`` (hidden and tool folders never become classes)."""
+def class_dirs(root: str | Path) -> dict[str, str]:
+    """Class name → folder name for the class folders under ``root``, sorted by class name.
+
+    Class names are the folder names in Unicode NFC form, so a folder written as NFD (macOS) and the same folder
+    written as NFC (Linux) give the same class name and the same class index. Hidden and tool folders never become
+    classes.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {str(root)!r} does not exist or is not a directory")
-    return sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not is_hidden(entry.name))
+    found: dict[str, str] = {}
+    for entry in os.scandir(root):
+        if entry.is_dir() and not is_hidden(entry.name):
+            name = unicodedata.normalize("NFC", entry.name)
+            if name in found:
+                raise ValueError(
+                    f"{str(root)!r} has two class folders that are the same name in different Unicode forms: "
+                    f"{found[name]!r} and {entry.name!r}; merge them"
+                )
+            found[name] = entry.name
+    return dict(sorted(found.items()))
+
+
+def list_class_dirs(root: str | Path) -> list[str]:
+    """Sorted class names (NFC-normalised folder names) under ``root``; see :func:`class_dirs`."""
+    return list(class_dirs(root))
 
 
 def find_images(folder: str | Path, extensions: Iterable[str] = IMG_EXTENSIONS) -> list[str]:
@@ -71,6 +92,7 @@ def find_images(folder: str | Path, extensions: Iterable[str] = IMG_EXTENSIONS) 
     folder = Path(folder)
     extensions = tuple(extensions)
     found: dict[str, str] = {}
+    aliases: list[tuple[str, str]] = []
     seen_dirs: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real_dir = os.path.realpath(dirpath)
@@ -83,7 +105,16 @@ def find_images(folder: str | Path, extensions: Iterable[str] = IMG_EXTENSIONS) 
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
             if is_image_file(name, extensions):
-                found.setdefault(os.path.realpath(full), Path(full).relative_to(folder).as_posix())
+                rel = Path(full).relative_to(folder).as_posix()
+                kept = found.setdefault(os.path.realpath(full), rel)
+                if kept != rel:
+                    aliases.append((kept, rel))
+    if aliases:
+        warnings.warn(
+            f"{len(aliases)} image(s) below {str(folder)!r} are reachable through more than one path (symbolic "
+            f"links); each is used once, under its first name (e.g. {aliases[0][1]!r} is {aliases[0][0]!r})",
+            stacklevel=2,
+        )
     return sorted(found.values())
 
 

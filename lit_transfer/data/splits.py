@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import unicodedata
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,8 +23,9 @@ class Sample:
 
 
 def _rank(seed: int, path: str) -> str:
-    # A keyed hash orders files the same way on every machine, whatever order the file system lists them in.
-    return hashlib.sha256(f"{seed}:{path}".encode()).hexdigest()
+    # A keyed hash orders files the same way on every machine, whatever order the file system lists them in and
+    # whichever Unicode form (NFC on Linux, NFD on macOS) it spells their names in.
+    return hashlib.sha256(f"{seed}:{unicodedata.normalize('NFC', path)}".encode()).hexdigest()
 
 
 def split_counts(n: int, fractions: Sequence[float]) -> list[int]:

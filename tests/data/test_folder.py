@@ -355,3 +355,20 @@ def test_unreadable_header_found_at_setup_names_file(tree_factory: Callable[...,
     dm = ImageFolderDataModule(root=str(root), val_fraction=0.2, bad_images="error", **SMALL)
     with pytest.raises(BadImageError, match=re.escape("not_an_image.jpg")):
         dm.setup("fit")
+
+
+def test_unicode_forms_of_class_names_give_the_same_classes_and_splits(tree_factory) -> None:
+    import unicodedata
+
+    from lit_transfer.data import ImageFolderDataModule
+
+    nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    assert nfc != nfd
+    splits = []
+    for i, spelling in enumerate((nfc, nfd)):
+        root = tree_factory(f"tree{i}", per_class=9, classes=(spelling, "red", "blue"))
+        dm = ImageFolderDataModule(root=str(root), image_size=32, num_workers=0, val_fraction=0.3)
+        assert dm.class_names == ["blue", nfc, "red"]
+        dm.setup("fit")
+        splits.append({(unicodedata.normalize("NFC", s.path), s.label, s.split) for s in dm.samples})
+    assert splits[0] == splits[1]

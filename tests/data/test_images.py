@@ -80,7 +80,8 @@ def test_find_images_symlink_loop_terminates_and_deduplicates(tmp_path: Path) ->
     os.symlink(root / "cls" / "nested", root / "cls" / "alias")  # a second way into nested/
     os.symlink(root / "cls" / "a.png", root / "cls" / "a_copy.png")  # a file link to the same image
 
-    found = find_images(root)
+    with pytest.warns(UserWarning, match="more than one path"):  # the aliases are reported, not silently merged
+        found = find_images(root)
 
     real = sorted(os.path.realpath(root / p) for p in found)
     assert len(real) == len(set(real)), f"an image was listed twice: {found}"
