@@ -218,14 +218,37 @@ class TransferClassifier(pl.LightningModule):
         loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=self.hparams.label_smoothing)
         if stage == "train" and not torch.isfinite(loss):
             return self._non_finite(loss, batch), logits
-        # a weighted mean metric: exact epoch loss, synchronised across processes whatever the shard sizes
-        mean_loss = self.losses[f"{stage}_loss"]
-        mean_loss.update(loss.detach(), weight=len(y))
-        self.log(f"{stage}_loss", mean_loss, on_epoch=True, on_step=False, prog_bar=True, batch_size=len(y))
-        metrics = self.metrics[f"{stage}_metrics"]
-        metrics.update(logits.detach(), y)
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(y))
+        # Metrics are only updated here and logged once per epoch (_log_epoch): handing metric objects to self.log
+        # every step cost about 1 ms a step in Lightning's bookkeeping (benchmarks/RESULTS.md, step overhead).
+        # The loss is a weighted mean metric: the exact epoch loss, synchronised across processes.
+        self.losses[f"{stage}_loss"].update(loss.detach(), weight=len(y))
+        self.metrics[f"{stage}_metrics"].update(logits.detach(), y)
         return loss, logits
+
+    def _log_epoch(self, stage: str) -> None:
+        """Compute (synchronised across processes), log and reset the epoch's loss and metrics of ``stage``."""
+        loss, metrics = self.losses[f"{stage}_loss"], self.metrics[f"{stage}_metrics"]
+        if loss.update_called:
+            values = {f"{stage}_loss": loss.compute(), **metrics.compute()}
+            self.log_dict(values, prog_bar=True)
+            self.on_epoch_metrics(stage)
+        loss.reset()
+        metrics.reset()
+
+    def on_epoch_metrics(self, stage: str) -> None:
+        """Called with the epoch's metrics of ``stage`` computed and not yet reset (for subclasses' reports)."""
+
+    def on_train_epoch_end(self) -> None:
+        """Log the training epoch's loss and metrics."""
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the validation loss and metrics."""
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        """Log the test loss and metrics."""
+        self._log_epoch("test")
 
     def _non_finite(self, loss: torch.Tensor, batch: Sequence[Any]) -> None:
         """Stop (before any checkpoint holds NaN weights) or skip the batch, naming its files."""

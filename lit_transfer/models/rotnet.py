@@ -154,7 +154,7 @@ class RotNetClassifier(TransferClassifier):
         metric = collection["parity_acc"]
         if not metric.update_called:
             return
-        metric.compute()  # synchronised; cached for the logger, which computes it again right after this hook
+        metric.compute()  # synchronised when the epoch's metrics were computed; cached until the reset
         if metric.matrix is None:
             return
         self.confusion[stage] = metric.matrix
@@ -164,15 +164,10 @@ class RotNetClassifier(TransferClassifier):
         if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
             self.logger.experiment.add_text(f"confusion_{stage}", table, self.global_step)
 
-    def on_validation_epoch_end(self) -> None:
-        """Keep and log the validation confusion matrix."""
-        super().on_validation_epoch_end()
-        self._report_confusion("val")
-
-    def on_test_epoch_end(self) -> None:
-        """Keep, print and log the test confusion matrix."""
-        super().on_test_epoch_end()
-        self._report_confusion("test")
+    def on_epoch_metrics(self, stage: str) -> None:
+        """Keep and log the validation and test confusion matrices (printed after ``test``)."""
+        if stage in ("val", "test"):
+            self._report_confusion(stage)
 
     def configure_callbacks(self) -> list[Callback]:
         """The RotNet prediction writer; being a PredictionWriter, it replaces the CLI's default one."""
