@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -106,7 +107,8 @@ class ImageFilesDataset(Dataset):
 
     ``targets`` are class labels for training and evaluation, or the item's own index for prediction. Items are
     addressed by an index or by ``(index, epoch)`` (from :class:`EpochSampler`); random transforms then draw from a
-    generator seeded by ``(seed, epoch, index)``.
+    generator seeded by ``(seed, epoch, index)``. ``min_side`` lets large JPEGs decode at a reduced size whose
+    shorter side is still at least that many pixels (see :func:`~lit_transfer.data.images.load_rgb`).
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class ImageFilesDataset(Dataset):
         split: str = "train",
         bad_images: BadImagePolicy = "skip",
         seed: int = 0,
+        min_side: int | None = None,
     ) -> None:
         self.root = Path(root)
         self.paths = list(paths)
@@ -126,6 +129,7 @@ class ImageFilesDataset(Dataset):
         self.split = split
         self.bad_images = bad_images
         self.seed = seed
+        self.min_side = min_side
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -134,7 +138,7 @@ class ImageFilesDataset(Dataset):
         """The decoded RGB image of item ``index``, or a :class:`BadSample` under the skip policy."""
         path = self.root / self.paths[index]
         try:
-            return load_rgb(path)
+            return load_rgb(path, self.min_side)
         except Exception as err:  # a worker must not die on one file: name it and go on, or stop with its name
             if self.bad_images == "error":
                 raise BadImageError(
@@ -192,6 +196,8 @@ class BaseImageDataModule(pl.LightningDataModule):
         sampler: ``random`` (shuffled) or ``balanced`` (every class drawn equally often, with replacement).
         normalize: ``model`` (the backbone weights' mean/std) or ``dataset`` (exact mean/std of the training split,
             stored in the checkpoint).
+        decode_scale: large JPEGs are decoded at a reduced size (1/2, 1/4, 1/8, inside the decoder) whose shorter
+            side is still at least ``decode_scale`` x ``image_size`` pixels; ``null`` always decodes in full.
 
     """
 
@@ -211,6 +217,7 @@ class BaseImageDataModule(pl.LightningDataModule):
         loader_timeout: float = 0.0,
         sampler: Literal["random", "balanced"] = "random",
         normalize: Literal["model", "dataset"] = "model",
+        decode_scale: float | None = 2.0,
     ) -> None:
         super().__init__()
         train_transform(augmentation, image_size)  # fail on an unknown preset before anything runs
@@ -238,8 +245,14 @@ class BaseImageDataModule(pl.LightningDataModule):
             raise ValueError(f"data.sampler={sampler!r}: use 'random' or 'balanced'")
         if normalize not in ("model", "dataset"):
             raise ValueError(f"data.normalize={normalize!r}: use 'model' or 'dataset'")
+        if decode_scale is not None and decode_scale < 1.25:
+            raise ValueError(
+                f"data.decode_scale={decode_scale} would decode images smaller than the evaluation resize; use at "
+                "least 1.25, or null to always decode in full"
+            )
         self.sampler = sampler
         self.normalize = normalize
+        self.decode_scale = decode_scale
         self.normalization: tuple[list[float], list[float]] | None = None
         self.class_names: list[str] = []
         self.samples: list[Sample] = []
@@ -364,7 +377,13 @@ class BaseImageDataModule(pl.LightningDataModule):
             transform = train_transform(self.augmentation, self.image_size)
         else:
             transform = eval_transform(self.image_size)
-        return ImageFilesDataset(root, paths, targets, transform, split, self.bad_images, self.seed)
+        return ImageFilesDataset(
+            root, paths, targets, transform, split, self.bad_images, self.seed, self.decode_min_side(self.image_size)
+        )
+
+    def decode_min_side(self, size: int) -> int | None:
+        """The shorter side large JPEGs may be decoded down to, for crops of ``size`` pixels (``decode_scale``)."""
+        return None if self.decode_scale is None else math.ceil(self.decode_scale * size)
 
     def _build_datasets(self) -> None:
         by_split = group_by_split(self.samples)

@@ -121,10 +121,11 @@ class Caltech101DataModule(BaseImageDataModule):
         loader_timeout: float = 0.0,
         sampler: Literal["random", "balanced"] = "random",
         normalize: Literal["model", "dataset"] = "model",
+        decode_scale: float | None = 2.0,
     ) -> None:
         super().__init__(
             image_size, batch_size, num_workers, augmentation, pin_memory, persistent_workers, predict_dir, seed,
-            bad_images, max_bad_fraction, check_images, loader_timeout, sampler, normalize,
+            bad_images, max_bad_fraction, check_images, loader_timeout, sampler, normalize, decode_scale,
         )  # fmt: skip
         _, self.val_fraction, self.test_fraction = check_fractions(fractions)
         self.root = root

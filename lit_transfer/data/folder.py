@@ -79,10 +79,11 @@ class ImageFolderDataModule(BaseImageDataModule):
         loader_timeout: float = 0.0,
         sampler: Literal["random", "balanced"] = "random",
         normalize: Literal["model", "dataset"] = "model",
+        decode_scale: float | None = 2.0,
     ) -> None:
         super().__init__(
             image_size, batch_size, num_workers, augmentation, pin_memory, persistent_workers, predict_dir, seed,
-            bad_images, max_bad_fraction, check_images, loader_timeout, sampler, normalize,
+            bad_images, max_bad_fraction, check_images, loader_timeout, sampler, normalize, decode_scale,
         )  # fmt: skip
         if (root is None) == (train_dir is None):
             raise ValueError("give exactly one of data.root (split by fractions) or data.train_dir (split folders)")

@@ -207,6 +207,8 @@ class RotNetDataModule(BaseImageDataModule):
         loader_timeout: seconds to wait for a batch from a worker before failing (0 waits forever).
         normalize: ``model`` (the backbone weights' mean/std) or ``dataset`` (exact mean/std of the training
             split's views, stored in the checkpoint).
+        decode_scale: large JPEGs are decoded at a reduced size (1/2, 1/4, 1/8, inside the decoder) whose shorter
+            side is still at least ``decode_scale`` x the square source's side; ``null`` always decodes in full.
     """
 
     def __init__(
@@ -234,6 +236,7 @@ class RotNetDataModule(BaseImageDataModule):
         check_images: bool = True,
         loader_timeout: float = 0.0,
         normalize: Literal["model", "dataset"] = "model",
+        decode_scale: float | None = 2.0,
     ) -> None:
         super().__init__(
             image_size=image_size,
@@ -249,6 +252,7 @@ class RotNetDataModule(BaseImageDataModule):
             check_images=check_images,
             loader_timeout=loader_timeout,
             normalize=normalize,
+            decode_scale=decode_scale,
         )
         if num_rotations not in (4, 8):
             raise ValueError(f"data.num_rotations={num_rotations}: use 8 (45° steps) or 4 (90° steps)")
@@ -327,7 +331,14 @@ class RotNetDataModule(BaseImageDataModule):
     def make_dataset(self, root: str | Path, paths: Sequence[str], targets: Sequence[int], split: str) -> Dataset:
         """Source images of one split, wrapped in their rotated views."""
         images = ImageFilesDataset(
-            root, paths, targets, self.source_transform(split), split, self.bad_images, self.seed
+            root,
+            paths,
+            targets,
+            self.source_transform(split),
+            split,
+            self.bad_images,
+            self.seed,
+            self.decode_min_side(self.source_size),
         )
         if split == "predict":
             mode = "upright"

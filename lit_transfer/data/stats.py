@@ -118,8 +118,16 @@ def compute_channel_stats(dataset: Dataset, num_workers: int = 0) -> tuple[list[
 class _FileInspector(Dataset):
     """One record per file: hash, header facts, decode check and, with a transform, exact pixel sums."""
 
-    def __init__(self, root: Path, samples: Sequence[Sample], transform: Transform, pixels_of: str = "train") -> None:
+    def __init__(
+        self,
+        root: Path,
+        samples: Sequence[Sample],
+        transform: Transform,
+        pixels_of: str = "train",
+        min_side: int | None = None,
+    ) -> None:
         self.root = root
+        self.min_side = min_side
         self.samples = list(samples)
         self.transform = transform
         self.pixels_of = pixels_of
@@ -150,7 +158,7 @@ class _FileInspector(Dataset):
             if orientation in (5, 6, 7, 8):  # transposed or rotated by 90°: upright, width and height swap
                 width, height = height, width
             record.update(width=width, height=height)
-            image = load_rgb(path)  # exactly what training decodes
+            image = load_rgb(path, self.min_side)  # exactly what training decodes
             if sample.split == self.pixels_of:
                 x = self.transform(image).to(torch.int64).flatten(1)
                 record.update(sums=x.sum(dim=1).tolist(), squares=(x * x).sum(dim=1).tolist(), pixels=x.shape[1])
@@ -164,7 +172,7 @@ def _identity(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def inspect_files(
-    root: Path, samples: Sequence[Sample], transform: Transform, num_workers: int = 0
+    root: Path, samples: Sequence[Sample], transform: Transform, num_workers: int = 0, min_side: int | None = None
 ) -> tuple[list[dict[str, Any]], ChannelStats]:
     """Read every sample once; return one record per sample (in order) and the channel sums of the train split.
 
@@ -173,8 +181,9 @@ def inspect_files(
         samples: the files, with their split.
         transform: the evaluation transform that training images pass through before their pixels are summed.
         num_workers: processes reading files.
+        min_side: decode large JPEGs down to this shorter side, as the data module does (``decode_scale``).
     """
-    inspector = _FileInspector(root, samples, transform)
+    inspector = _FileInspector(root, samples, transform, min_side=min_side)
     loader = DataLoader(inspector, batch_size=None, num_workers=num_workers, collate_fn=_identity)
     records: list[dict[str, Any]] = [{}] * len(samples)
     stats = ChannelStats()
@@ -268,8 +277,10 @@ def build_datacard(
     samples = list(dm.samples)
     workers = dm.num_workers if num_workers is None else num_workers
     # the data module's own evaluation transform, so that a subclass that changes it is measured as it trains
-    transform = getattr(dm.make_dataset(dm.data_root, [], [], "val"), "transform", None)
-    records, stats = inspect_files(Path(dm.data_root), samples, transform or eval_transform(dm.image_size), workers)
+    reference = dm.make_dataset(dm.data_root, [], [], "val")
+    transform = getattr(reference, "transform", None) or eval_transform(dm.image_size)
+    min_side = getattr(reference, "min_side", None)
+    records, stats = inspect_files(Path(dm.data_root), samples, transform, workers, min_side)
     rows = list(zip(samples, records, strict=True))
     mean, std = stats.result() if stats.count else (None, None)
     resize = round(dm.image_size / EVAL_CROP_RATIO)

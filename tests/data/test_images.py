@@ -382,3 +382,33 @@ def test_colour_key_transparency_becomes_background(tmp_path: Path) -> None:
     out = np.asarray(load_rgb(path))
     assert tuple(out[1, 1]) == ALPHA_BACKGROUND
     assert tuple(out[0, 0]) == (10, 20, 30)
+
+
+def _smooth_jpeg(path: Path, size: tuple[int, int], exif: Image.Exif | None = None) -> Path:
+    rng = np.random.default_rng(0)
+    small = Image.fromarray(rng.integers(0, 256, (8, 12, 3), dtype=np.uint8))
+    small.resize(size, Image.Resampling.BICUBIC).save(path, quality=95, exif=exif or Image.Exif())
+    return path
+
+
+@pytest.mark.parametrize(("min_side", "expected"), [(None, (960, 640)), (80, (120, 80)), (100, (240, 160)),
+                                                    (160, (240, 160)), (170, (480, 320)), (330, (960, 640))])  # fmt: skip
+def test_load_rgb_decodes_large_jpegs_at_reduced_size(
+    tmp_path: Path, min_side: int | None, expected: tuple[int, int]
+) -> None:
+    path = _smooth_jpeg(tmp_path / "big.jpg", (960, 640))
+    out = load_rgb(path, min_side)
+    assert out.mode == "RGB"
+    assert out.size == expected  # the smallest of 1/2, 1/4, 1/8 whose short side is still >= min_side
+    full = np.asarray(load_rgb(path).resize(expected, Image.Resampling.BOX), dtype=np.int16)
+    assert np.abs(np.asarray(out, dtype=np.int16) - full).mean() < 4  # the same picture, not a crop or garbage
+
+
+def test_reduced_decoding_keeps_exif_orientation_and_leaves_png_alone(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90° clockwise: the upright image is portrait
+    rotated = load_rgb(_smooth_jpeg(tmp_path / "r.jpg", (960, 640), exif), min_side=80)
+    assert rotated.size == (80, 120)
+    png = tmp_path / "big.png"
+    Image.new("RGB", (960, 640), (10, 20, 30)).save(png)
+    assert load_rgb(png, min_side=80).size == (960, 640)  # only JPEG decoders can scale while decoding
