@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
+
+from lit_transfer.cli import main
 
 ROOT = Path(__file__).parents[1]
 SBATCH = ROOT / "scripts/slurm/train.sbatch"
@@ -51,7 +54,23 @@ def test_sbatch_command_line_parses(tree_factory, tmp_path: Path) -> None:
     assert printed["data"]["init_args"]["num_workers"] == 6
 
 
-def test_trainer_presets_hold_only_trainer_and_data_keys() -> None:
+def test_trainer_presets_hold_no_class_choices() -> None:
+    """Presets stack on any experiment config: they set options, never the model or data class."""
     for preset in (ROOT / "configs/trainer").glob("*.yaml"):
         spec = yaml.safe_load(preset.read_text())
-        assert set(spec) <= {"trainer", "data"}, preset
+        assert set(spec) <= {"trainer", "data", "model"}, preset
+        for group in ("data", "model"):
+            assert set(spec.get(group, {})) <= {"init_args"}, f"{preset}: {group} must only set init_args"
+
+
+@pytest.mark.parametrize("experiment", ["quickstart", "rotnet_pretrain", "caltech101_vgg16_frozen"])
+def test_gpu_fast_preset_stacks_on_experiment_configs(experiment: str, capsys: pytest.CaptureFixture) -> None:
+    config = ROOT / f"configs/{experiment}.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--config", str(ROOT / "configs/trainer/gpu_fast.yaml"),
+              "--print_config"])  # fmt: skip
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["precision"] == "bf16-mixed" and printed["trainer"]["accelerator"] == "gpu"
+    assert printed["model"]["init_args"]["channels_last"] is True and printed["model"]["init_args"]["compile"] is True
+    assert printed["model"]["class_path"] == yaml.safe_load(config.read_text())["model"]["class_path"]
