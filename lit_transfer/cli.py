@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.optim import Optimizer
 
-from lit_transfer.callbacks import PredictionWriter, RunCheckpoint, TensorBoardReports
+from lit_transfer.callbacks import FeatureCache, PredictionWriter, RunCheckpoint, TensorBoardReports
 from lit_transfer.callbacks.checkpoint import AtomicCheckpointIO, is_valid_checkpoint, newest_valid_checkpoint
 from lit_transfer.callbacks.reproducibility import EpochSeeder
 from lit_transfer.callbacks.signals import SigtermHandler
@@ -63,6 +63,7 @@ class LitTransferCLI(LightningCLI):
             "--test_after_fit", type=bool, default=False, help="After fit, test the best checkpoint on the test split."
         )
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(FeatureCache, "cache_features")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val_acc",
@@ -123,6 +124,9 @@ class LitTransferCLI(LightningCLI):
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
+        cache = self._get(self.config_init, "cache_features")
+        if isinstance(cache, FeatureCache) and cache.dir is None:
+            cache.dir = str(Path(self._get(self.config, "runs_dir", "runs")) / "feature_cache")
         callbacks: list[Any] = [PredictionWriter(), SigtermHandler()]
         seed = self._get(self.config, "seed_everything")
         if seed is not False and seed is not None:
@@ -213,11 +217,12 @@ EXTRA_COMMANDS: dict[str, str] = {
     "stats": "lit_transfer.data.stats:main",
     "audit-rotnet": "lit_transfer.rotnet_audit:main",
     "export": "lit_transfer.export:main",
+    "clean-cache": "lit_transfer.callbacks.feature_cache:clean_main",
 }
 
 # Top-level keys of a full config that a data-only command accepts and ignores.
 _NON_DATA_KEYS = (
-    "trainer", "model", "optimizer", "lr_scheduler", "checkpoint", "seed_everything",
+    "trainer", "model", "optimizer", "lr_scheduler", "checkpoint", "cache_features", "seed_everything",
     "experiment", "runs_dir", "test_after_fit", "ckpt_path",
 )  # fmt: skip
 

@@ -1,8 +1,9 @@
 """Lightning callbacks of lit_transfer."""
 
 from lit_transfer.callbacks.checkpoint import RunCheckpoint
+from lit_transfer.callbacks.feature_cache import FeatureCache
 from lit_transfer.callbacks.predictions import PredictionWriter
 from lit_transfer.callbacks.reports import TensorBoardReports
 from lit_transfer.callbacks.upright import RotationPredictionWriter
 
-__all__ = ["PredictionWriter", "RotationPredictionWriter", "RunCheckpoint", "TensorBoardReports"]
+__all__ = ["FeatureCache", "PredictionWriter", "RotationPredictionWriter", "RunCheckpoint", "TensorBoardReports"]

@@ -16,6 +16,8 @@ from PIL import Image, ImageDraw, ImageFont
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.utils import make_grid
 
+from lit_transfer.features import FeatureBatch
+
 TAG = "reports"
 
 
@@ -205,6 +207,8 @@ class TensorBoardReports(Callback):
         if self._batch_logged or len(y) == 0:  # a batch of unreadable files only holds no images
             return
         self._batch_logged = True
+        if isinstance(batch, FeatureBatch):  # training on cached features: there are no images to show
+            return
         logger = self._logger(trainer)
         if logger is None or not trainer.is_global_zero:
             return
@@ -268,16 +272,32 @@ class TensorBoardReports(Callback):
             self._confmat = MulticlassConfusionMatrix(logits.shape[1]).to(logits.device)
         confidence, predicted = logits.detach().float().softmax(dim=1).max(dim=1)
         self._confmat.update(predicted, y)
-        self._image_shape = tuple(x.shape[1:])
         wrong = (predicted != y).nonzero().flatten()
         if len(wrong) == 0:
             return
         top = wrong[confidence[wrong].topk(min(self.max_mistakes, len(wrong))).indices]
-        images = _to_uint8(x[top].detach()).cpu()
+        if isinstance(batch, FeatureBatch):
+            # cached features carry no pixels: keep the dataset index, the image is read at epoch end if it ranks
+            size = int(getattr(trainer.datamodule, "image_size", 32))
+            self._image_shape = (3, size, size)
+            shown: list[Any] = [int(batch.indices[i]) for i in top.tolist()]
+        else:
+            self._image_shape = tuple(x.shape[1:])
+            shown = list(_to_uint8(x[top].detach()).cpu())
         for k, i in enumerate(top.tolist()):
-            self._mistakes.append((float(confidence[i]), images[k], int(y[i]), int(predicted[i])))
+            self._mistakes.append((float(confidence[i]), shown[k], int(y[i]), int(predicted[i])))
         self._mistakes.sort(key=lambda m: -m[0])
         del self._mistakes[self.max_mistakes :]
+
+    def _read_cached_images(self, trainer: pl.Trainer) -> None:
+        """Replace the dataset indices kept for mistakes on cached features by the images themselves."""
+        datamodule = getattr(trainer, "datamodule", None)
+        for i, (c, image, true, pred) in enumerate(self._mistakes):
+            if isinstance(image, int):
+                loaded = datamodule.image_of("val", image) if hasattr(datamodule, "image_of") else None
+                if loaded is None or tuple(loaded.shape) != tuple(self._image_shape or ()):
+                    loaded = torch.full(tuple(self._image_shape or (3, 32, 32)), 128, dtype=torch.uint8)
+                self._mistakes[i] = (c, loaded, true, pred)
 
     def _gather_mistakes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[tuple]:
         if trainer.world_size <= 1 or self._image_shape is None:
@@ -301,6 +321,7 @@ class TensorBoardReports(Callback):
             return
         self._collecting = False
         matrix = self._confmat.compute().cpu()  # every rank: compute() synchronizes across processes
+        self._read_cached_images(trainer)
         mistakes = self._gather_mistakes(trainer, pl_module)
         self._confmat, self._mistakes = None, []
         logger = self._logger(trainer)

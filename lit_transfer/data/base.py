@@ -19,6 +19,7 @@ from lit_transfer.data.images import BadImageError, check_image_header, find_ima
 from lit_transfer.data.sampler import BalancedSampler
 from lit_transfer.data.splits import Sample, group_by_split, manifest_hash, write_manifest
 from lit_transfer.data.transforms import Transform, eval_transform, train_transform
+from lit_transfer.features import FeatureBatch, keep_batch
 
 MANIFEST_NAME = "split_manifest.csv"
 BAD_IMAGES_NAME = "bad_images.csv"
@@ -264,6 +265,8 @@ class BaseImageDataModule(pl.LightningDataModule):
         self._synced = False
         self._predict_synced = False
         self._datasets: dict[str, ImageFilesDataset] = {}
+        # set by the FeatureCache callback while a trainer runs: serves cached backbone features instead of images
+        self.feature_cache: Any = None
 
     @property
     def num_classes(self) -> int:
@@ -403,6 +406,14 @@ class BaseImageDataModule(pl.LightningDataModule):
         rank_zero_info(f"training split mean {[round(m, 4) for m in mean]}, std {[round(v, 4) for v in std]}")
         return mean, std
 
+    def image_of(self, split: str, index: int) -> torch.Tensor | None:
+        """Item ``index`` of ``split`` as the evaluation transform shows it (``uint8`` CHW), or ``None``."""
+        dataset = self._datasets.get(split)
+        if not isinstance(dataset, ImageFilesDataset):
+            return None
+        image = dataset.load(index)
+        return None if isinstance(image, BadSample) else eval_transform(self.image_size)(image)
+
     def paths_of(self, split: str, indices: Sequence[int]) -> list[str]:
         """File paths of dataset items, for messages that must name files."""
         dataset = self._datasets.get(split)
@@ -444,7 +455,7 @@ class BaseImageDataModule(pl.LightningDataModule):
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Report files that failed to decode in a worker (once each), in the main process."""
-        if isinstance(batch, Batch) and batch.bad:
+        if isinstance(batch, Batch | FeatureBatch) and batch.bad:
             new = [b for b in batch.bad if b.path not in self._reported]
             if new:
                 self._reported |= {b.path for b in new}
@@ -514,6 +525,18 @@ class BaseImageDataModule(pl.LightningDataModule):
         world, rank = self._world()
         if sampler is None:
             sampler = EpochSampler(len(dataset), shuffle, self.seed, world, rank, pad=split == "train")
+        cached = self.feature_cache.dataset_for(self, split, dataset) if self.feature_cache is not None else None
+        if cached is not None:
+            # the same sampler over the cached features: the same batches as the image loader, without decoding
+            return DataLoader(
+                cached,
+                batch_size=self.batch_size,
+                sampler=sampler,
+                num_workers=0,
+                collate_fn=keep_batch,
+                pin_memory=pin,
+                generator=torch.Generator().manual_seed(self.seed),
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

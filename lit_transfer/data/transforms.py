@@ -70,6 +70,24 @@ def no_augmentation(image_size: int) -> Transform:
     return eval_transform(image_size)
 
 
+# Transforms that map an image to the same output every time (no random parameters).
+DETERMINISTIC_TRANSFORMS: tuple[type, ...] = (
+    v2.PILToTensor, v2.ToImage, v2.ToDtype, v2.ToPureTensor, v2.Resize, v2.CenterCrop, v2.Normalize, v2.Grayscale,
+    v2.Identity, v2.Pad, v2.RGB,
+)  # fmt: skip
+
+
+def is_deterministic(transform: Transform) -> bool:
+    """Whether ``transform`` gives the same output for the same image every time (so its results can be cached).
+
+    A ``Compose`` is deterministic when every step is one of :data:`DETERMINISTIC_TRANSFORMS`; anything else,
+    including an unknown callable, counts as random.
+    """
+    if isinstance(transform, v2.Compose):
+        return all(is_deterministic(t) for t in transform.transforms)
+    return isinstance(transform, DETERMINISTIC_TRANSFORMS)
+
+
 def train_transform(name: str, image_size: int) -> Transform:
     """The train transform preset ``name`` at ``image_size``."""
     if name not in TRANSFORM_PRESETS:

@@ -18,6 +18,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from lit_transfer.data.sampler import inverse_frequency_weights
+from lit_transfer.features import FeatureBatch
 from lit_transfer.models.backbones import build_backbone
 from lit_transfer.models.freezing import (
     FreezeSpec,
@@ -33,6 +34,7 @@ from lit_transfer.models.heads import build_head
 # Frozen parts are put in eval mode on purpose (BatchNorm statistics must not move); Lightning warns about it.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
 
+METRIC_FLUSH_BATCHES = 32  # batches whose metric inputs are buffered before one torchmetrics update
 DEFAULT_OPTIMIZER: dict[str, Any] = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3, "weight_decay": 0.01}}
 
 
@@ -132,6 +134,10 @@ class TransferClassifier(pl.LightningModule):
         base = MetricCollection(metrics)
         self.metrics = nn.ModuleDict({f"{s}_metrics": base.clone(prefix=f"{s}_") for s in ("train", "val", "test")})
         self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in ("train", "val", "test")})
+        self._metric_inputs: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {
+            s: [] for s in ("train", "val", "test")
+        }
+        self._unchecked: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int, int]] = []
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self._compiled = False
 
@@ -186,6 +192,8 @@ class TransferClassifier(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         """Apply the unfreeze schedule for this epoch (derived from the epoch, so a resumed run gets it too)."""
+        self._metric_inputs["train"].clear()
+        self._unchecked.clear()
         frozen = self.frozen_at_epoch(self.current_epoch)
         if frozen != self.frozen:
             before = len(self.frozen)
@@ -217,25 +225,68 @@ class TransferClassifier(pl.LightningModule):
         """Class logits of a batch of images."""
         return self.head(self.forward_features(x))
 
+    def logits(self, batch: Sequence[Any]) -> torch.Tensor:
+        """Class logits of a batch: its images through backbone and head, or its cached features through the head."""
+        if isinstance(batch, FeatureBatch):
+            return self.head(batch.features)
+        return self(batch[0])
+
     def _shared_step(self, batch: Sequence[Any], stage: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        x, y = batch[0], batch[1]
+        y = batch[1]
         if len(y) == 0:  # every image of the batch was unreadable (and reported by the data module)
             return None, None
-        logits = self(x)
+        logits = self.logits(batch)
         # class weights apply to the training loss only, so val_loss stays comparable between runs
         weight = self.class_weight if stage == "train" and self.hparams.class_weights is not None else None
         loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=self.hparams.label_smoothing)
-        if stage == "train" and not torch.isfinite(loss):
-            return self._non_finite(loss, batch), logits
-        # Metrics are only updated here and logged once per epoch (_log_epoch): handing metric objects to self.log
-        # every step cost about 1 ms a step in Lightning's bookkeeping (benchmarks/RESULTS.md, step overhead).
-        # The loss is a weighted mean metric: the exact epoch loss, synchronised across processes.
-        self.losses[f"{stage}_loss"].update(loss.detach(), weight=len(y))
-        self.metrics[f"{stage}_metrics"].update(logits.detach(), y)
+        if stage == "train":
+            indices = batch[2] if len(batch) > 2 else None
+            if self.hparams.on_nonfinite_loss == "skip":
+                if not torch.isfinite(loss):  # skipping must be decided now: one device sync per step
+                    return self._non_finite(loss.item(), indices, self.global_step, self.current_epoch), logits
+            else:
+                # Checked when the metrics are flushed (and before any checkpoint is written), not every step: a
+                # per-step check would make the host wait for the device at every step.
+                self._unchecked.append((torch.isfinite(loss.detach()), loss.detach(), indices, self.global_step,
+                                        self.current_epoch))  # fmt: skip
+        self._buffer(stage, logits.detach(), y, loss.detach())
         return loss, logits
+
+    def _buffer(self, stage: str, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
+        """Keep a batch's metric inputs; torchmetrics is updated once per ``METRIC_FLUSH_BATCHES`` batches.
+
+        One update over many batches gives the same counts as one per batch, at a fraction of the per-call cost
+        (benchmarks/RESULTS.md, step overhead); the loss is a weighted mean, exact and synchronised across processes.
+        """
+        buffer = self._metric_inputs[stage]
+        buffer.append((logits, y, loss))
+        if len(buffer) >= METRIC_FLUSH_BATCHES:
+            self._flush(stage)
+
+    def _flush(self, stage: str) -> None:
+        """Check the buffered training losses are finite, then hand the buffered batches to the metrics."""
+        if stage == "train":
+            self.check_finite()
+        buffer = self._metric_inputs[stage]
+        if not buffer:
+            return
+        logits, targets, losses = zip(*buffer, strict=True)
+        buffer.clear()
+        sizes = torch.tensor([len(t) for t in targets], dtype=torch.float32, device=losses[0].device)
+        self.losses[f"{stage}_loss"].update(torch.stack(losses).float(), weight=sizes)
+        self.metrics[f"{stage}_metrics"].update(torch.cat(logits), torch.cat(targets))
+
+    def check_finite(self) -> None:
+        """Stop at the first non-finite training loss since the last check, naming its step and files."""
+        pending, self._unchecked = self._unchecked, []
+        if not pending or bool(torch.stack([p[0] for p in pending]).all()):
+            return
+        _, loss, indices, step, epoch = next(p for p in pending if not bool(p[0]))
+        self._non_finite(loss.item(), indices, step, epoch)
 
     def _log_epoch(self, stage: str) -> None:
         """Compute (synchronised across processes), log and reset the epoch's loss and metrics of ``stage``."""
+        self._flush(stage)
         loss, metrics = self.losses[f"{stage}_loss"], self.metrics[f"{stage}_metrics"]
         if loss.update_called:
             values = {f"{stage}_loss": loss.compute(), **metrics.compute()}
@@ -251,28 +302,36 @@ class TransferClassifier(pl.LightningModule):
         """Log the training epoch's loss and metrics."""
         self._log_epoch("train")
 
+    def on_validation_epoch_start(self) -> None:
+        """Start the validation epoch with an empty metric buffer."""
+        self._metric_inputs["val"].clear()
+
     def on_validation_epoch_end(self) -> None:
         """Log the validation loss and metrics."""
         self._log_epoch("val")
+
+    def on_test_epoch_start(self) -> None:
+        """Start the test epoch with an empty metric buffer."""
+        self._metric_inputs["test"].clear()
 
     def on_test_epoch_end(self) -> None:
         """Log the test loss and metrics."""
         self._log_epoch("test")
 
-    def _non_finite(self, loss: torch.Tensor, batch: Sequence[Any]) -> None:
+    def _non_finite(self, loss: float, indices: torch.Tensor | None, step: int, epoch: int) -> None:
         """Stop (before any checkpoint holds NaN weights) or skip the batch, naming its files."""
         files: list[str] = []
         datamodule = getattr(self.trainer, "datamodule", None)
-        if len(batch) > 2 and hasattr(datamodule, "paths_of"):
-            files = datamodule.paths_of("train", batch[2].tolist())
+        if indices is not None and hasattr(datamodule, "paths_of"):
+            files = datamodule.paths_of("train", indices.tolist())
         shown = ", ".join(files[:8]) + (" …" if len(files) > 8 else "")
-        where = f"epoch {self.current_epoch}, step {self.global_step}"
+        where = f"epoch {epoch}, step {step}"
         if self.hparams.on_nonfinite_loss == "skip":
             self.skipped_batches += 1
-            rank_zero_warn(f"skipped a batch with loss {loss.item()} at {where} (#{self.skipped_batches}): {shown}")
+            rank_zero_warn(f"skipped a batch with loss {loss} at {where} (#{self.skipped_batches}): {shown}")
             return None
         raise FloatingPointError(
-            f"training loss is {loss.item()} at {where}; batch files: {shown or 'unknown'}. Lower the learning rate, "
+            f"training loss is {loss} at {where}; batch files: {shown or 'unknown'}. Lower the learning rate, "
             "check these images, or set model.init_args.on_nonfinite_loss: skip"
         )
 
@@ -291,7 +350,7 @@ class TransferClassifier(pl.LightningModule):
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """Class probabilities and the dataset indices of the batch's files."""
-        return {"probs": self(batch[0]).softmax(dim=1), "index": batch[1]}
+        return {"probs": self.logits(batch).softmax(dim=1), "index": batch[1]}
 
     # --- optimization ---------------------------------------------------------------------------------------------
 
@@ -373,7 +432,8 @@ class TransferClassifier(pl.LightningModule):
         self._log_parameter_table()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store what a user of the checkpoint needs to know, as plain types."""
+        """Store what a user of the checkpoint needs to know, as plain types; never save after a NaN loss."""
+        self.check_finite()
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         checkpoint["lit_transfer"] = {
             "class_names": list(self.class_names),

@@ -1,0 +1,261 @@
+"""FeatureCache: train a head on a frozen backbone's features computed once, instead of recomputing them every epoch."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader, Dataset
+
+from lit_transfer import features as fc
+from lit_transfer.data.base import BadSample, BaseImageDataModule, EpochSampler, ImageFilesDataset, collate_skipping_bad
+from lit_transfer.data.transforms import is_deterministic
+
+DEFAULT_DIR_NAME = "feature_cache"
+
+
+class FeatureCache(Callback):
+    """Compute a fully frozen backbone's features once per split, store them memory-mapped, train the head on them.
+
+    Safe only when the features cannot change between epochs: the backbone is fully frozen with no unfreeze
+    schedule (it then runs in eval mode, without dropout or BatchNorm updates), and the split's transform is
+    deterministic. Validation, test and predict splits always use the deterministic evaluation transform, so with a
+    frozen backbone they are cached even when training augments; the training split is then loaded as images, and
+    one log line says why. Results equal the uncached path's: the same samplers give the same batches in the same
+    order, and files that fail to decode are left out of the same batches.
+
+    Args:
+        enabled: ``auto`` caches whenever it is safe; ``true`` also caches when safe, but warns when it is not;
+            ``false`` never caches.
+        dir: cache folder; default ``<runs_dir>/feature_cache`` (entries are keyed by content, so experiments share
+            them). Delete it, or run ``python -m lit_transfer clean-cache``, to reclaim the space.
+        rebuild: recompute this run's entries even when a matching entry exists.
+    """
+
+    def __init__(self, enabled: bool | Literal["auto"] = "auto", dir: str | None = None, rebuild: bool = False) -> None:
+        if enabled not in (True, False, "auto"):
+            raise ValueError(f"cache_features.enabled={enabled!r}: use true, false or auto")
+        self.enabled = enabled
+        self.dir = dir
+        self.rebuild = rebuild
+        self._trainer: pl.Trainer | None = None
+        self._model: pl.LightningModule | None = None
+        self._said: set[str] = set()
+        self._rebuilt: set[Path] = set()
+        self._open: dict[tuple[str, str], fc.FeatureDataset] = {}
+
+    @property
+    def folder(self) -> Path:
+        """Where entries are stored."""
+        return Path(self.dir or DEFAULT_DIR_NAME)
+
+    # --- when to cache --------------------------------------------------------------------------------------------
+
+    def _say(self, message: str) -> None:
+        if message in self._said:
+            return
+        self._said.add(message)
+        if self.enabled is True:
+            rank_zero_warn(f"feature cache: {message}")
+        else:
+            rank_zero_info(f"feature cache: {message}")
+
+    def model_reason(self, pl_module: pl.LightningModule) -> str | None:
+        """Why this model's features cannot be cached, or ``None`` when they can."""
+        if not all(hasattr(pl_module, a) for a in ("backbone", "head", "forward_features", "backbone_fully_frozen")):
+            return f"off: {type(pl_module).__name__} has no separate backbone and head"
+        if getattr(pl_module, "milestones", None):
+            return "off: the backbone unfreezes during training (model.unfreeze_at_epoch / unfreeze_milestones)"
+        if not pl_module.backbone_fully_frozen:
+            return "off: the backbone trains; caching needs model.init_args.freeze: backbone"
+        return None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Offer the cache to the data module when the model's backbone is fully frozen."""
+        if self.enabled is False:
+            return
+        datamodule = getattr(trainer, "datamodule", None)
+        reason = self.model_reason(pl_module)
+        if reason is None and not isinstance(datamodule, BaseImageDataModule):
+            reason = "off: the data module is not a lit_transfer image data module"
+        if reason is not None:
+            if self.enabled is True:
+                self._say(reason)
+            return
+        self._trainer, self._model = trainer, pl_module
+        datamodule.feature_cache = self  # type: ignore[union-attr]
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Detach from the data module and close the memory maps."""
+        datamodule = getattr(trainer, "datamodule", None)
+        if getattr(datamodule, "feature_cache", None) is self:
+            datamodule.feature_cache = None  # type: ignore[union-attr]
+        self._open.clear()
+
+    def split_reason(self, split: str, dataset: Dataset) -> str | None:
+        """Why a split cannot be served from the cache, or ``None`` when it can."""
+        if type(dataset) is not ImageFilesDataset:
+            return f"{split} split: off, its items are not plain images ({type(dataset).__name__})"
+        if not is_deterministic(dataset.transform):
+            return (
+                f"{split} split: loading images, not cached features: its transform is random (augmentation), so "
+                "the features change every epoch. Set data.init_args.augmentation: none to cache it"
+            )
+        return None
+
+    # --- building and reading entries -----------------------------------------------------------------------------
+
+    def dataset_for(self, datamodule: BaseImageDataModule, split: str, dataset: Dataset) -> fc.FeatureDataset | None:
+        """The cached features of ``split`` (extracted now if needed), or ``None`` to load images as usual."""
+        trainer, model = self._trainer, self._model
+        if trainer is None or model is None or len(dataset) == 0:  # type: ignore[arg-type]
+            return None
+        reason = self.split_reason(split, dataset)
+        if reason is not None:
+            self._say(reason)
+            return None
+        assert isinstance(dataset, ImageFilesDataset)
+        key, parts = self._key(trainer, model, split, dataset)
+        if (split, key) in self._open:
+            return self._open[(split, key)]
+        name = f"{split}-{model.hparams.get('backbone', 'model')}-{key}"
+        final = self.folder / name
+        strategy = trainer.strategy
+        if self.rebuild and final not in self._rebuilt:
+            self._rebuilt.add(final)
+            if trainer.is_global_zero and final.exists():
+                shutil.rmtree(final)
+            strategy.barrier("feature_cache_rebuild")
+        if not fc.entry_is_complete(final, key):
+            self._extract(trainer, model, datamodule, split, dataset, final, key, parts)
+        else:
+            meta = fc.read_meta(final)
+            rank_zero_info(
+                f"feature cache: {split} features of {len(dataset):,} images read from {final} "
+                f"({meta['size']:,} x {meta['width']})"
+            )
+        bad = {int(b["index"]): BadSample(b["path"], b["split"], b["reason"]) for b in fc.read_meta(final)["bad"]}
+        opened = fc.FeatureDataset(final, dataset.targets, bad)
+        self._open[(split, key)] = opened
+        return opened
+
+    def _key(
+        self, trainer: pl.Trainer, model: pl.LightningModule, split: str, dataset: ImageFilesDataset
+    ) -> tuple[str, dict[str, Any]]:
+        hparams = model.hparams
+        parts = {
+            "split": split,
+            "backbone": hparams.get("backbone"),
+            "weights": fc.weights_digest(model.backbone),  # type: ignore[arg-type]
+            "mean": model.mean.flatten().tolist(),  # type: ignore[union-attr, operator]
+            "std": model.std.flatten().tolist(),  # type: ignore[union-attr, operator]
+            "channels_last": bool(hparams.get("channels_last", False)),
+            "compile": repr(hparams.get("compile", False)),
+            "precision": str(trainer.precision),
+            "device": model.device.type,
+            "torch": torch.__version__,
+            "transform": repr(dataset.transform),
+            "min_side": dataset.min_side,
+            "files": fc.files_digest(dataset.root, dataset.paths, dataset.targets),
+        }
+        key = fc.cache_key(parts)
+        return trainer.strategy.broadcast(key, src=0), parts  # one key for all ranks, whatever their clocks say
+
+    def _extract(
+        self,
+        trainer: pl.Trainer,
+        model: pl.LightningModule,
+        datamodule: BaseImageDataModule,
+        split: str,
+        dataset: ImageFilesDataset,
+        final: Path,
+        key: str,
+        parts: dict[str, Any],
+    ) -> None:
+        """Every rank encodes its shard into a part folder; rank 0 merges them and publishes the entry."""
+        strategy = trainer.strategy
+        world, rank = trainer.world_size, trainer.global_rank
+        self.folder.mkdir(parents=True, exist_ok=True)
+        build = strategy.broadcast(fc.build_folder(self.folder, final.name) if rank == 0 else None, src=0)
+        rank_zero_info(
+            f"feature cache: extracting {split} features of {len(dataset):,} images with "
+            f"{model.hparams.get('backbone')} into {final}"
+        )
+        start = time.perf_counter()
+        sampler = EpochSampler(len(dataset), False, datamodule.seed, world, rank, pad=False)
+        loader = DataLoader(
+            dataset,
+            batch_size=datamodule.batch_size,
+            sampler=sampler,
+            num_workers=datamodule.num_workers,
+            collate_fn=collate_skipping_bad,
+            pin_memory=model.device.type == "cuda",
+        )
+        was_training = model.backbone.training  # type: ignore[union-attr]
+        model.backbone.eval()  # type: ignore[union-attr]
+        try:
+            width, bad = fc.extract_shard(
+                model.forward_features,  # type: ignore[arg-type]
+                loader,
+                len(sampler),
+                Path(build) / f"part-{rank}",
+                model.device,
+                trainer.precision_plugin.forward_context,
+            )
+        finally:
+            model.backbone.train(was_training)  # type: ignore[union-attr]
+        index_of = {str(Path(dataset.root) / p): i for i, p in enumerate(dataset.paths)}
+        found = [{"index": index_of.get(b.path, -1), "path": b.path, "split": b.split, "reason": b.reason} for b in bad]
+        gathered = strategy.all_gather(torch.tensor([width], device=model.device)).flatten().tolist()
+        bad_all = _gather_objects(strategy, found, world)
+        strategy.barrier("feature_cache_extracted")
+        if rank == 0:
+            width = max(int(w) for w in gathered)
+            fc.assemble([Path(build) / f"part-{r}" for r in range(world)], len(dataset), width, Path(build))
+            for r in range(world):
+                shutil.rmtree(Path(build) / f"part-{r}", ignore_errors=True)
+            meta = {"key": key, "parts": parts, "size": len(dataset), "width": width, "bad": bad_all}
+            fc.publish(Path(build), final, meta)
+        strategy.barrier("feature_cache_published")
+        if not fc.entry_is_complete(final, key):
+            raise RuntimeError(
+                f"feature cache entry {final} is missing on rank {rank}: under multi-node training, "
+                "cache_features.dir must be on a file system every node sees"
+            )
+        size = fc.folder_size(final)
+        rank_zero_info(
+            f"feature cache: {split} features ready ({len(dataset):,} x {width}, {size / 2**20:.1f} MiB) "
+            f"in {time.perf_counter() - start:.1f} s"
+        )
+
+
+def _gather_objects(strategy: Any, items: list[Any], world: int) -> list[Any]:
+    """Every rank's list, concatenated (rank order); a no-op on one process."""
+    if world == 1:
+        return items
+    out: list[list[Any]] = [[] for _ in range(world)]
+    torch.distributed.all_gather_object(out, items)
+    return [item for part in out for item in part]
+
+
+def clean_main(args: list[str]) -> None:
+    """``python -m lit_transfer clean-cache``: delete the feature cache folder."""
+    parser = argparse.ArgumentParser(prog="lit_transfer clean-cache", description="Delete cached backbone features.")
+    parser.add_argument("--runs_dir", default="runs", help="runs folder whose feature_cache/ is deleted")
+    parser.add_argument("--dir", default=None, help="cache folder (cache_features.dir), instead of --runs_dir's")
+    options = parser.parse_args(args)
+    folder = Path(options.dir) if options.dir else Path(options.runs_dir) / DEFAULT_DIR_NAME
+    if not folder.is_dir():
+        print(f"no feature cache at {folder}")
+        return
+    entries = [p for p in folder.iterdir() if p.is_dir()]
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    shutil.rmtree(folder)
+    print(f"deleted {len(entries)} feature cache entries ({size / 2**20:.1f} MiB) in {folder}")
