@@ -13,7 +13,7 @@ from typing import Any
 from jsonargparse import ActionConfigFile, Namespace
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, LRSchedulerTypeTuple
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
@@ -22,6 +22,7 @@ from torch.optim import Optimizer
 
 from lit_transfer.callbacks import FeatureCache, PredictionWriter, RunCheckpoint, TensorBoardReports
 from lit_transfer.callbacks.checkpoint import AtomicCheckpointIO, is_valid_checkpoint, newest_valid_checkpoint
+from lit_transfer.callbacks.progress import ThrottledProgressBar
 from lit_transfer.callbacks.reproducibility import EpochSeeder
 from lit_transfer.callbacks.signals import SigtermHandler
 from lit_transfer.data import BaseImageDataModule
@@ -134,7 +135,7 @@ class LitTransferCLI(LightningCLI):
         if kwargs.get("logger", config.get("logger")) is not False:
             callbacks += [LearningRateMonitor(logging_interval="epoch"), TensorBoardReports()]
         if config.get("enable_progress_bar") is not False:
-            callbacks.append(RichProgressBar())
+            callbacks.append(ThrottledProgressBar())
         self.trainer_defaults["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 

@@ -97,6 +97,16 @@ class RunCheckpoint(ModelCheckpoint):
     does not improve the monitored metric would leave ``last.ckpt`` behind and a resume would repeat that epoch.
     """
 
+    @property
+    def state_key(self) -> str:
+        """ModelCheckpoint's key, cached: Lightning reads it at every hook call of every step."""
+        facts = (self.monitor, self.mode, self._every_n_train_steps, self._every_n_epochs, self._train_time_interval)
+        cached = getattr(self, "_state_key_cache", None)
+        if cached is None or cached[0] != facts:
+            cached = (facts, super().state_key)
+            self._state_key_cache = cached
+        return cached[1]
+
     def _refresh_last(self, trainer: pl.Trainer) -> None:
         if self.save_last and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
