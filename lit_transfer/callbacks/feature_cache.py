@@ -194,7 +194,7 @@ class FeatureCache(Callback):
             dataset,
             batch_size=datamodule.batch_size,
             sampler=sampler,
-            num_workers=datamodule.num_workers,
+            num_workers=datamodule.loader_workers(),
             collate_fn=collate_skipping_bad,
             pin_memory=model.device.type == "cuda",
         )

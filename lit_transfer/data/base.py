@@ -184,7 +184,8 @@ class BaseImageDataModule(pl.LightningDataModule):
     Args:
         image_size: side of the square crops fed to the model.
         batch_size: images per batch (per device).
-        num_workers: loader processes; ``None`` uses every core this process may use.
+        num_workers: loader processes; ``None`` uses every core this process may use, shared among the training
+            processes of a node.
         augmentation: train transform preset (``standard``, ``seed002``, ``none``).
         pin_memory: page-locked batches; ``None`` pins when a GPU is used.
         persistent_workers: keep loader processes alive between epochs.
@@ -233,6 +234,7 @@ class BaseImageDataModule(pl.LightningDataModule):
         self.image_size = image_size
         self.batch_size = batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self._auto_workers = num_workers is None
         self.augmentation = augmentation
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
@@ -521,7 +523,7 @@ class BaseImageDataModule(pl.LightningDataModule):
         pin = self.pin_memory
         if pin is None:
             pin = bool(self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator")
-        workers = self.num_workers
+        workers = self.loader_workers()
         world, rank = self._world()
         if sampler is None:
             sampler = EpochSampler(len(dataset), shuffle, self.seed, world, rank, pad=split == "train")
@@ -548,6 +550,13 @@ class BaseImageDataModule(pl.LightningDataModule):
             timeout=self.loader_timeout if workers > 0 else 0,
             generator=torch.Generator().manual_seed(self.seed),
         )
+
+    def loader_workers(self) -> int:
+        """Loader processes per training process: ``num_workers``, or this process's share of the cores by default."""
+        trainer = self.trainer
+        if self._auto_workers and trainer is not None and trainer.num_devices > 1:
+            return max(1, self.num_workers // trainer.num_devices)  # the processes of a node share its cores
+        return self.num_workers
 
     def _world(self) -> tuple[int, int]:
         """(number of processes, this process's rank); the data module shards loaders itself (see EpochSampler)."""

@@ -86,7 +86,8 @@ class Caltech101DataModule(BaseImageDataModule):
         fractions: shares of each category for train, val and test; normalized by their sum.
         image_size: side of the square crops fed to the model.
         batch_size: images per batch (per device).
-        num_workers: loader processes; ``None`` uses every core this process may use.
+        num_workers: loader processes; ``None`` uses every core this process may use, shared among the training
+            processes of a node.
         augmentation: train transform preset (``standard``, ``seed002``, ``none``).
         pin_memory: page-locked batches; ``None`` pins when a GPU is used.
         persistent_workers: keep loader processes alive between epochs.

@@ -193,7 +193,8 @@ class RotNetDataModule(BaseImageDataModule):
         test_fraction: share of the images held out for testing.
         image_size: side of the views fed to the model.
         batch_size: views per batch (per device).
-        num_workers: loader processes; ``None`` uses every core this process may use.
+        num_workers: loader processes; ``None`` uses every core this process may use, shared among the training
+            processes of a node.
         augmentation: train transform preset applied to the square source before rotating (``none``, ``standard``).
         pin_memory: page-locked batches; ``None`` pins when a GPU is used.
         persistent_workers: keep loader processes alive between epochs.

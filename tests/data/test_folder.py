@@ -372,3 +372,16 @@ def test_unicode_forms_of_class_names_give_the_same_classes_and_splits(tree_fact
         dm.setup("fit")
         splits.append({(unicodedata.normalize("NFC", s.path), s.label, s.split) for s in dm.samples})
     assert splits[0] == splits[1]
+
+
+def test_default_loader_workers_are_shared_by_the_processes_of_a_node(image_tree: Path) -> None:
+    from types import SimpleNamespace
+
+    auto = ImageFolderDataModule(root=str(image_tree))
+    auto.num_workers = 8  # as if the process may use 8 cores
+    assert auto.loader_workers() == 8
+    auto.trainer = SimpleNamespace(num_devices=4)  # type: ignore[assignment]
+    assert auto.loader_workers() == 2
+    explicit = ImageFolderDataModule(root=str(image_tree), num_workers=8)
+    explicit.trainer = SimpleNamespace(num_devices=4)  # type: ignore[assignment]
+    assert explicit.loader_workers() == 8  # a number the user gave is per process, as documented
