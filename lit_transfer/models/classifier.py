@@ -71,8 +71,9 @@ class TransferClassifier(pl.LightningModule):
             training split.
         channels_last: keep convolution weights and input batches in channels-last memory format (faster
             convolutions on GPUs with tensor cores, above all with ``bf16-mixed``/``16-mixed`` precision).
-        compile: ``torch.compile`` the backbone and the head when a Trainer runs the model; a dict gives
-            ``torch.compile`` options (``{mode: max-autotune}``). Checkpoints keep the usual parameter names.
+        compile: ``torch.compile`` the backbone and the head when a Trainer runs the model; a dict (even empty)
+            compiles with those ``torch.compile`` options (``{mode: max-autotune}``). Checkpoints keep the usual
+            parameter names.
 
     """
 
@@ -125,15 +126,17 @@ class TransferClassifier(pl.LightningModule):
         weights = torch.tensor(class_weights, dtype=torch.float32) if isinstance(class_weights, list) else None
         self.register_buffer("class_weight", weights if weights is not None else torch.ones(num_classes))
         self.skipped_batches = 0
+        # Input validation and NaN checks would make the host wait for the device at each update; the targets were
+        # already checked by cross_entropy, and non-finite losses by check_finite.
         metrics = {
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
-            "f1": MulticlassF1Score(num_classes, average="macro"),
+            "acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
+            "f1": MulticlassF1Score(num_classes, average="macro", validate_args=False),
         }
         if num_classes > 5:
-            metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+            metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro", validate_args=False)
         base = MetricCollection(metrics)
         self.metrics = nn.ModuleDict({f"{s}_metrics": base.clone(prefix=f"{s}_") for s in ("train", "val", "test")})
-        self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in ("train", "val", "test")})
+        self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric(nan_strategy="disable") for s in ("train", "val", "test")})
         self._metric_inputs: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {
             s: [] for s in ("train", "val", "test")
         }
@@ -208,10 +211,10 @@ class TransferClassifier(pl.LightningModule):
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] float images → normalized float images (channels-last with ``channels_last``)."""
-        if x.dtype == torch.uint8:
-            x = x.float().div_(255)
-        x = (x - self.mean) / self.std
-        return x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=self.memory_format)  # on the uint8 batch: a quarter of the bytes
+        x = x.float().div_(255) if x.dtype == torch.uint8 else x - 0.0  # a new tensor: never modify the caller's
+        return x.sub_(self.mean).div_(self.std)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone features ``(B, D)`` of a batch of images."""
@@ -420,7 +423,7 @@ class TransferClassifier(pl.LightningModule):
         """Apply the GPU paths when a Trainer runs the model: channels-last weights, then ``torch.compile``."""
         if self.hparams.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
-        if self.hparams.compile and not self._compiled:
+        if (self.hparams.compile is True or isinstance(self.hparams.compile, dict)) and not self._compiled:
             options = self.hparams.compile if isinstance(self.hparams.compile, dict) else {}
             # nn.Module.compile compiles in place: state-dict keys stay free of ``_orig_mod.``
             self.backbone.compile(**options)

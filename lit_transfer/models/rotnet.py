@@ -137,7 +137,7 @@ class RotNetClassifier(TransferClassifier):
                 {
                     "angle_error": CircularAngleError(angles, "mean"),
                     "angle_error_median": CircularAngleError(angles, "median"),
-                    "parity_acc": RotationConfusion(num_classes),
+                    "parity_acc": RotationConfusion(num_classes, validate_args=False),
                 }
             )
         self.confusion: dict[str, Tensor] = getattr(self, "confusion", {})

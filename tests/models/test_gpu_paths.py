@@ -64,3 +64,13 @@ def test_compile_trains_and_keeps_checkpoint_names(options: bool | dict, image_t
     restored.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(images), restored(images), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("option", "compiled"), [(False, False), (True, True), ({}, True), ({"mode": "default"}, True)]
+)
+def test_compile_option_values(option: bool | dict, compiled: bool) -> None:
+    model = TransferClassifier(num_classes=3, backbone="smallcnn", compile=option)
+    model.configure_model()  # what a Trainer calls; compilation itself happens at the first forward
+    assert (model.backbone._compiled_call_impl is not None) is compiled
+    assert (model.head._compiled_call_impl is not None) is compiled
