@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.2
 DEMO_DATA ?= data/digits
 
-.PHONY: help venv demo test lint bench tensorboard clean
+.PHONY: help venv demo test lint bench bench-gpu tensorboard clean
 
 help:  ## list the commands
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ lint: venv  ## ruff
 
 bench: venv  ## CPU benchmarks against plain PyTorch (ratios, ~1.5 min with --quick): benchmarks/results.json
 	$(BIN)/python benchmarks/run.py --quick
+
+bench-gpu: venv  ## GPU benchmarks (needs a CUDA GPU): ResNet50 bf16 parity, MFU, data stall: benchmarks/results_gpu.json
+	$(BIN)/python benchmarks/gpu.py --quick
 
 tensorboard: venv  ## serve the runs folder on http://localhost:6006
 	$(BIN)/tensorboard --logdir runs
