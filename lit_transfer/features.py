@@ -132,11 +132,12 @@ def extract_shard(
     out: Path,
     device: torch.device,
     context: Callable[[], AbstractContextManager],
+    report: Callable[[int], None] | None = None,
 ) -> tuple[int, list[Any]]:
     """Run ``encode`` over ``loader`` (batches of the split's images) and write features and indices into ``out``.
 
-    Returns the feature width and the unreadable files met. ``out`` gets ``features.npy`` (rows in loader order),
-    ``indices.npy`` (the dataset index of each row) and ``valid.npy``.
+    Returns the feature width and the unreadable files met. ``out`` gets ``features.npy`` (rows in loader order)
+    and ``indices.npy`` (the dataset index of each row). ``report`` is called with the rows done after each batch.
     """
     out.mkdir(parents=True, exist_ok=True)
     features: np.memmap | None = None
@@ -158,6 +159,8 @@ def extract_shard(
             features[row : row + len(values)] = values
             indices[row : row + len(values)] = batch.indices.numpy()
             row += len(values)
+            if report is not None:
+                report(row)
     width = 0 if features is None else features.shape[1]
     if features is not None:
         features.flush()

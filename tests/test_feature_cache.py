@@ -232,3 +232,23 @@ def test_transform_determinism_is_judged_by_its_steps() -> None:
     assert not is_deterministic(train_transform("standard", 32))
     assert not is_deterministic(train_transform("seed002", 32))
     assert not is_deterministic(lambda image: image)  # unknown callables count as random
+
+
+def test_fast_dev_run_never_extracts(tree_factory, tmp_path: Path) -> None:
+    root = tree_factory("data", per_class=6)
+    model = TransferClassifier(num_classes=3, backbone="smallcnn", freeze="backbone")
+    data = ImageFolderDataModule(root=str(root), image_size=32, batch_size=4, num_workers=0, augmentation="none")
+    trainer = pl.Trainer(accelerator="cpu", fast_dev_run=1, callbacks=[FeatureCache(dir=str(tmp_path / "cache"))])
+    trainer.fit(model, datamodule=data)
+    assert entries(tmp_path / "cache") == []
+
+
+def test_long_extractions_report_progress(caplog: pytest.LogCaptureFixture) -> None:
+    from lit_transfer.callbacks.feature_cache import _Progress
+
+    caplog.set_level(logging.INFO)
+    progress = _Progress("train", total=100, world=2, every=0.0)
+    progress(25)
+    progress(100)  # the end is reported by the "ready" line instead
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and lines[0].startswith("feature cache: train 25% (") and "s left" in lines[0]

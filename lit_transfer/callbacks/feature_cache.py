@@ -85,6 +85,8 @@ class FeatureCache(Callback):
         reason = self.model_reason(pl_module)
         if reason is None and not isinstance(datamodule, BaseImageDataModule):
             reason = "off: the data module is not a lit_transfer image data module"
+        if reason is None and trainer.fast_dev_run:
+            reason = "off under fast_dev_run, which would extract every image of a split for one batch"
         if reason is not None:
             if self.enabled is True:
                 self._say(reason)
@@ -208,6 +210,7 @@ class FeatureCache(Callback):
                 Path(build) / f"part-{rank}",
                 model.device,
                 trainer.precision_plugin.forward_context,
+                _Progress(split, len(sampler), world) if rank == 0 else None,
             )
         finally:
             model.backbone.train(was_training)  # type: ignore[union-attr]
@@ -233,6 +236,25 @@ class FeatureCache(Callback):
         rank_zero_info(
             f"feature cache: {split} features ready ({len(dataset):,} x {width}, {size / 2**20:.1f} MiB) "
             f"in {time.perf_counter() - start:.1f} s"
+        )
+
+
+class _Progress:
+    """Logs the extraction's progress (rank 0's shard) every 30 seconds, so a long extraction is not silent."""
+
+    def __init__(self, split: str, total: int, world: int, every: float = 30.0) -> None:
+        self.split, self.total, self.world, self.every = split, total, world, every
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, done: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.every or done >= self.total:
+            return
+        self.last = now
+        rate = done * self.world / (now - self.start)
+        left = (self.total - done) * self.world / rate
+        rank_zero_info(
+            f"feature cache: {self.split} {done / self.total:.0%} ({rate:.0f} images/s, about {left:.0f} s left)"
         )
 
 
