@@ -21,7 +21,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.optim import Optimizer
 
 from lit_transfer.callbacks import FeatureCache, PredictionWriter, RunCheckpoint, TensorBoardReports
-from lit_transfer.callbacks.checkpoint import AtomicCheckpointIO, is_valid_checkpoint, newest_valid_checkpoint
+from lit_transfer.callbacks.checkpoint import AsyncAtomicCheckpointIO, is_valid_checkpoint, newest_valid_checkpoint
 from lit_transfer.callbacks.progress import ThrottledProgressBar
 from lit_transfer.callbacks.reproducibility import EpochSeeder
 from lit_transfer.callbacks.signals import SigtermHandler
@@ -124,7 +124,7 @@ class LitTransferCLI(LightningCLI):
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
-            kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
+            kwargs.setdefault("plugins", [*plugins, AsyncAtomicCheckpointIO()])
         cache = self._get(self.config_init, "cache_features")
         if isinstance(cache, FeatureCache) and cache.dir is None:
             cache.dir = str(Path(self._get(self.config, "runs_dir", "runs")) / "feature_cache")

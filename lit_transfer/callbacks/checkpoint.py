@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning_utilities.core.apply_func import apply_to_collection
 
 INTERRUPTED_NAME = "interrupted"
 
@@ -63,6 +65,62 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"cannot load checkpoint {str(path)!r} safely: {err}. lit_transfer loads checkpoints with "
                 "weights_only=True; a file holding pickled objects other than tensors and plain types is refused"
             ) from err
+
+
+class AsyncAtomicCheckpointIO(AtomicCheckpointIO):
+    """:class:`AtomicCheckpointIO` that writes in a background thread, so training goes on while a checkpoint is saved.
+
+    The training loop only waits for a copy of the checkpoint's tensors in CPU memory (taken at once, so later steps
+    cannot change what is saved); serialization, the write, the fsyncs and the rename happen in one background
+    thread, in order, with removals of old checkpoints queued behind the saves. A failed write is raised at the next
+    save, removal, load or at :meth:`teardown` (the end of every Trainer run), so it is never lost.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+
+    def _submit(self, fn: Any, *args: Any) -> None:
+        self._raise_failures()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lit_transfer-checkpoint")
+        self._pending.append(self._executor.submit(fn, *args))
+
+    def _raise_failures(self) -> None:
+        done = [f for f in self._pending if f.done()]
+        self._pending = [f for f in self._pending if not f.done()]
+        for future in done:
+            future.result()  # re-raises the error of a failed write
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        """Copy the tensors to CPU now; serialize and write ``path`` atomically in the background."""
+        snapshot = apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().to("cpu", copy=True))
+        self._submit(AtomicCheckpointIO.save_checkpoint, self, snapshot, path, storage_options)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        """Remove ``path`` after the saves queued before it."""
+        self._submit(AtomicCheckpointIO.remove_checkpoint, self, path)
+
+    def wait(self) -> None:
+        """Block until every queued save and removal is done; raise the first failure."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        """Load ``path`` once the queued writes are done."""
+        self.wait()
+        return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+
+    def teardown(self) -> None:
+        """Finish every queued write (called at the end of every Trainer run, also after an error)."""
+        try:
+            self.wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
 
 
 def is_valid_checkpoint(path: str | Path) -> str | None:
@@ -134,5 +192,8 @@ class RunCheckpoint(ModelCheckpoint):
         # signal (one may be inside validation, another in a collective), and a barrier here could wait forever.
         path = os.path.join(self.dirpath, f"{INTERRUPTED_NAME}{self.FILE_EXTENSION}")
         checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-        trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, path)
+        checkpoint_io = trainer.strategy.checkpoint_io
+        checkpoint_io.save_checkpoint(checkpoint, path)
+        if isinstance(checkpoint_io, AsyncAtomicCheckpointIO):
+            checkpoint_io.wait()  # on disk before the process is told to stop
         rank_zero_info(f"SIGTERM: saved {path} (epoch {trainer.current_epoch}, step {trainer.global_step})")

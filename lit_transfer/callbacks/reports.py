@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import lightning.pytorch as pl
@@ -183,6 +184,8 @@ class TensorBoardReports(Callback):
         self._confmat: MulticlassConfusionMatrix | None = None
         self._mistakes: list[tuple[float, torch.Tensor, int, int]] = []
         self._image_shape: tuple[int, ...] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
 
     @staticmethod
     def _logger(trainer: pl.Trainer) -> TensorBoardLogger | None:
@@ -327,22 +330,51 @@ class TensorBoardReports(Callback):
         logger = self._logger(trainer)
         if logger is None or not trainer.is_global_zero:
             return
-        writer, step = logger.experiment, trainer.global_step
         names = self._class_names(pl_module, matrix.shape[0])
-        cm = render_confusion_matrix(matrix, names)
-        writer.add_image(f"{TAG}/confusion_matrix", np.asarray(cm), step, dataformats="HWC")
-        writer.add_text(f"{TAG}/per_class", format_class_table(matrix, names), step)
-        if not mistakes:
-            writer.add_text(f"{TAG}/top_mistakes_table", "no misclassified validation images", step)
-            return
-        tiles = [
-            _caption_tile(image, [f"true: {names[t]}", f"pred {c:.2f}: {names[p]}"], self.tile_size)
-            for c, image, t, p in mistakes
-        ]
-        height = max(t.shape[1] for t in tiles)
-        tiles = [torch.nn.functional.pad(t, (0, 0, 0, height - t.shape[1]), value=255) for t in tiles]
-        nrow = min(len(tiles), max(1, math.ceil(math.sqrt(len(tiles)))))
-        writer.add_image(f"{TAG}/top_mistakes", make_grid(tiles, nrow=nrow, padding=4, pad_value=255), step)
-        rows = [f"| {r + 1} | {names[t]} | {names[p]} | {c:.3f} |" for r, (c, _, t, p) in enumerate(mistakes)]
-        table = "| rank | true | predicted | confidence |\n|---:|---|---|---:|\n" + "\n".join(rows)
-        writer.add_text(f"{TAG}/top_mistakes_table", table, step)
+        # Rendering and PNG-encoding a 100-class matrix takes a quarter of a second: done in a background thread,
+        # so the next epoch starts at once (benchmarks/RESULTS.md, epoch transition).
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lit_transfer-reports")
+        self._pending.append(
+            self._executor.submit(self._write_reports, logger.experiment, trainer.global_step, matrix, names, mistakes)
+        )
+        self._pending = [f for f in self._pending if not f.done()]
+
+    def _write_reports(self, writer: Any, step: int, matrix: torch.Tensor, names: list[str], mistakes: list) -> None:
+        try:
+            cm = render_confusion_matrix(matrix, names)
+            writer.add_image(f"{TAG}/confusion_matrix", np.asarray(cm), step, dataformats="HWC")
+            writer.add_text(f"{TAG}/per_class", format_class_table(matrix, names), step)
+            if not mistakes:
+                writer.add_text(f"{TAG}/top_mistakes_table", "no misclassified validation images", step)
+                return
+            tiles = [
+                _caption_tile(image, [f"true: {names[t]}", f"pred {c:.2f}: {names[p]}"], self.tile_size)
+                for c, image, t, p in mistakes
+            ]
+            height = max(t.shape[1] for t in tiles)
+            tiles = [torch.nn.functional.pad(t, (0, 0, 0, height - t.shape[1]), value=255) for t in tiles]
+            nrow = min(len(tiles), max(1, math.ceil(math.sqrt(len(tiles)))))
+            writer.add_image(f"{TAG}/top_mistakes", make_grid(tiles, nrow=nrow, padding=4, pad_value=255), step)
+            rows = [f"| {r + 1} | {names[t]} | {names[p]} | {c:.3f} |" for r, (c, _, t, p) in enumerate(mistakes)]
+            table = "| rank | true | predicted | confidence |\n|---:|---|---|---:|\n" + "\n".join(rows)
+            writer.add_text(f"{TAG}/top_mistakes_table", table, step)
+        except Exception as err:  # a report must never stop training
+            rank_zero_warn(f"TensorBoardReports: could not write the step {step} reports: {err}")
+
+    def wait(self) -> None:
+        """Block until the reports queued so far are written."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """Finish writing the queued reports before the logger is closed."""
+        self.teardown(trainer, pl_module, "")
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Finish writing the queued reports before the run ends."""
+        self.wait()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None

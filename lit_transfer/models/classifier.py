@@ -126,8 +126,8 @@ class TransferClassifier(pl.LightningModule):
         weights = torch.tensor(class_weights, dtype=torch.float32) if isinstance(class_weights, list) else None
         self.register_buffer("class_weight", weights if weights is not None else torch.ones(num_classes))
         self.skipped_batches = 0
-        # Input validation and NaN checks would make the host wait for the device at each update; the targets were
-        # already checked by cross_entropy, and non-finite losses by check_finite.
+        # Input validation would make the host wait for the device at each update; cross_entropy already checked
+        # the targets.
         metrics = {
             "acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
             "f1": MulticlassF1Score(num_classes, average="macro", validate_args=False),
@@ -136,7 +136,8 @@ class TransferClassifier(pl.LightningModule):
             metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro", validate_args=False)
         base = MetricCollection(metrics)
         self.metrics = nn.ModuleDict({f"{s}_metrics": base.clone(prefix=f"{s}_") for s in ("train", "val", "test")})
-        self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric(nan_strategy="disable") for s in ("train", "val", "test")})
+        # (nan_strategy="disable" would save a sync per flush, but torchmetrics 1.9 then drops the weights)
+        self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in ("train", "val", "test")})
         self._metric_inputs: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {
             s: [] for s in ("train", "val", "test")
         }

@@ -26,7 +26,7 @@ def _fit(root: Path, log_dir: Path, callback: TensorBoardReports, model: Transfe
     model = model or TransferClassifier(num_classes=3, class_names=NAMES, backbone="smallcnn")
     dm = ImageFolderDataModule(root=str(root), val_fraction=0.25, image_size=32, batch_size=4, num_workers=0)
     trainer = pl.Trainer(
-        max_epochs=1,
+        max_epochs=kw.pop("max_epochs", 1),
         accelerator="cpu",
         logger=kw.pop("logger", TensorBoardLogger(str(log_dir), name="reports")),
         enable_checkpointing=False,
@@ -118,3 +118,35 @@ def test_confusion_matrix_image(n: int) -> None:
     matrix = torch.eye(n, dtype=torch.long) * 5 + 1
     image = render_confusion_matrix(matrix, [f"class_{i}" for i in range(n)])
     assert image.mode == "RGB" and 100 < image.size[0] < 1200 and 100 < image.size[1] < 1200
+
+
+def test_reports_are_drawn_in_the_background_and_written_before_fit_returns(
+    tree_factory: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    import lit_transfer.callbacks.reports as reports
+
+    slow = reports.render_confusion_matrix
+
+    def slow_render(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(1.0)
+        return slow(*args, **kwargs)
+
+    monkeypatch.setattr(reports, "render_confusion_matrix", slow_render)
+    callback = TensorBoardReports()
+    spent: list[float] = []
+    original = TensorBoardReports.on_validation_epoch_end
+
+    def timed(self: TensorBoardReports, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        start = time.perf_counter()
+        original(self, trainer, pl_module)
+        spent.append(time.perf_counter() - start)
+
+    monkeypatch.setattr(TensorBoardReports, "on_validation_epoch_end", timed)
+    root = tree_factory("data", per_class=6, classes=("c0", "c1", "c2"))
+    trainer, _ = _fit(root, tmp_path, callback, max_epochs=2)
+    assert len(spent) == 3 and max(spent) < 0.5  # sanity check + 2 epochs, none waited for the 1 s drawing
+    events = EventAccumulator(trainer.logger.log_dir, size_guidance={"images": 0})
+    events.Reload()
+    assert len(events.Images("reports/confusion_matrix")) == 2  # and both were written by the time fit returned

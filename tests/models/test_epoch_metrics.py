@@ -1,0 +1,52 @@
+"""Epoch metrics: buffered updates give exactly the per-sample figures, whatever the batch sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+
+from lit_transfer.data import ImageFolderDataModule
+from lit_transfer.models import TransferClassifier
+from lit_transfer.models.classifier import METRIC_FLUSH_BATCHES
+
+
+def test_epoch_loss_and_accuracy_are_per_sample_over_unequal_batches(tree_factory, tmp_path: Path) -> None:
+    # 3 classes x 9 images, 30 % validation: 9 validation images in batches of 2, so the last batch holds 1, and
+    # more batches than one metric flush holds
+    root = tree_factory("data", per_class=9)
+    data = ImageFolderDataModule(root=str(root), image_size=32, batch_size=2, num_workers=0, val_fraction=0.3)
+    torch.manual_seed(0)
+    model = TransferClassifier(num_classes=3, backbone="smallcnn")
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    metrics = trainer.validate(model, datamodule=data, verbose=False)[0]
+    images = torch.stack([data._datasets["val"][i][0] for i in range(len(data._datasets["val"]))])
+    labels = torch.tensor(data._datasets["val"].targets)
+    assert len(labels) % 2 == 1 and len(labels) // 2 + 1 <= 2 * METRIC_FLUSH_BATCHES
+    model.eval()
+    with torch.no_grad():
+        logits = model(images)
+    assert abs(metrics["val_loss"] - F.cross_entropy(logits, labels).item()) < 1e-5
+    assert abs(metrics["val_acc"] - (logits.argmax(1) == labels).float().mean().item()) < 1e-6
+
+
+def test_flushes_every_few_batches_and_at_epoch_end(tree_factory, tmp_path: Path) -> None:
+    root = tree_factory("data", per_class=30)
+    data = ImageFolderDataModule(root=str(root), image_size=32, batch_size=1, num_workers=0, val_fraction=0.5)
+    model = TransferClassifier(num_classes=3, backbone="smallcnn")
+    updates: list[int] = []
+    collection = model.metrics["val_metrics"]
+    original = collection.update
+
+    def counting(preds: torch.Tensor, target: torch.Tensor) -> None:
+        updates.append(len(target))
+        original(preds, target)
+
+    collection.update = counting  # type: ignore[method-assign]
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(model, datamodule=data, verbose=False)
+    total = len(data._datasets["val"])
+    assert sum(updates) == total and len(updates) == -(-total // METRIC_FLUSH_BATCHES)
+    assert all(n == METRIC_FLUSH_BATCHES for n in updates[:-1])
