@@ -69,14 +69,15 @@ sys.path.insert(0, str(ROOT))
 
 import lightning.pytorch as pl  # noqa: E402
 import torchvision  # noqa: E402
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, RichProgressBar  # noqa: E402
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 from PIL import Image  # noqa: E402
 from torchvision.transforms import RandomResizedCrop  # noqa: E402
 from torchvision.transforms.v2 import functional as TF  # noqa: E402
 
 from lit_transfer.callbacks import PredictionWriter, RunCheckpoint, TensorBoardReports  # noqa: E402
-from lit_transfer.callbacks.checkpoint import AtomicCheckpointIO  # noqa: E402
+from lit_transfer.callbacks.checkpoint import AsyncAtomicCheckpointIO  # noqa: E402
+from lit_transfer.callbacks.progress import ThrottledProgressBar  # noqa: E402
 from lit_transfer.callbacks.reproducibility import EpochSeeder  # noqa: E402
 from lit_transfer.callbacks.signals import SigtermHandler  # noqa: E402
 from lit_transfer.data import ImageFolderDataModule  # noqa: E402
@@ -341,7 +342,7 @@ def lit_transfer_trainer(setup: Setup, steps: int, timer: Callback, run_dir: str
         EpochSeeder(42),
         LearningRateMonitor(logging_interval="epoch"),
         TensorBoardReports(),
-        RichProgressBar(),
+        ThrottledProgressBar(),
         RunCheckpoint(dirpath=os.path.join(run_dir, "checkpoints"), monitor="train_loss", mode="min", save_last=True),
     ]
     return pl.Trainer(
@@ -354,7 +355,7 @@ def lit_transfer_trainer(setup: Setup, steps: int, timer: Callback, run_dir: str
         limit_val_batches=0,
         num_sanity_val_steps=0,
         logger=TensorBoardLogger(save_dir=run_dir, name="bench", default_hp_metric=False),
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AsyncAtomicCheckpointIO()],
         use_distributed_sampler=False,
         callbacks=callbacks,
     )

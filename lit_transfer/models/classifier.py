@@ -34,6 +34,7 @@ from lit_transfer.models.heads import build_head
 # Frozen parts are put in eval mode on purpose (BatchNorm statistics must not move); Lightning warns about it.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
 
+_PLAIN_TYPES = (str, int, float, bool, type(None))
 METRIC_FLUSH_BATCHES = 32  # batches whose metric inputs are buffered before one torchmetrics update
 DEFAULT_OPTIMIZER: dict[str, Any] = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3, "weight_decay": 0.01}}
 
@@ -144,6 +145,14 @@ class TransferClassifier(pl.LightningModule):
         self._unchecked: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int, int]] = []
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self._compiled = False
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets plain attributes (``_current_fx_name``) several times a step; nn.Module.__setattr__ pays for
+        # Parameter/Module/Tensor checks each time. A plain value replacing a plain attribute needs none of them.
+        if type(value) in _PLAIN_TYPES and name in self.__dict__:
+            self.__dict__[name] = value
+            return
+        super().__setattr__(name, value)
 
     # --- freezing -------------------------------------------------------------------------------------------------
 
