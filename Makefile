@@ -33,7 +33,7 @@ lint: venv  ## ruff
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check lit_transfer
 
-bench: venv  ## CPU benchmarks against plain PyTorch (ratios, ~1.5 min with --quick): benchmarks/results.json
+bench: venv  ## CPU benchmarks against plain PyTorch (ratios, ~7 min with --quick): benchmarks/results.json
 	$(BIN)/python benchmarks/run.py --quick
 
 bench-gpu: venv  ## GPU benchmarks (needs a CUDA GPU): ResNet50 bf16 parity, MFU, data stall: benchmarks/results_gpu.json

@@ -487,7 +487,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Parse flags, run the chosen sections, print the table and write results.json."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer steps and rounds (~4.5 min on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="fewer steps and rounds (~7 min on 2 cores)")
     parser.add_argument("--only", nargs="*", choices=list(SECTIONS), default=list(SECTIONS))
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for every variant")
     parser.add_argument("--output", type=Path, default=RESULTS)

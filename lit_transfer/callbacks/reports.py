@@ -182,6 +182,7 @@ class TensorBoardReports(Callback):
         self._batch_logged = False
         self._collecting = False
         self._confmat: MulticlassConfusionMatrix | None = None
+        self._confmat_kept: MulticlassConfusionMatrix | None = None
         self._mistakes: list[tuple[float, torch.Tensor, int, int]] = []
         self._image_shape: tuple[int, ...] | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -251,8 +252,14 @@ class TensorBoardReports(Callback):
         self._confmat, self._mistakes = None, []
         num_classes = len(getattr(pl_module, "class_names", None) or [])
         if self._collecting and num_classes:
-            # made here, not at the first batch, so that a rank without batches still joins the synchronization
-            self._confmat = MulticlassConfusionMatrix(num_classes).to(pl_module.device)
+            # made here, not at the first batch, so that a rank without batches still joins the synchronization;
+            # made once and reset afterwards (building a metric costs milliseconds at every epoch transition)
+            kept = self._confmat_kept
+            if kept is None or kept.num_classes != num_classes or kept.device != pl_module.device:
+                kept = MulticlassConfusionMatrix(num_classes, validate_args=False).to(pl_module.device)
+                self._confmat_kept = kept
+            kept.reset()
+            self._confmat = kept
 
     def on_validation_batch_end(
         self,
