@@ -65,6 +65,7 @@ class LitTransferCLI(LightningCLI):
         )
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.add_lightning_class_args(FeatureCache, "cache_features")
+        parser.add_lightning_class_args(TensorBoardReports, "reports")  # does nothing without a TensorBoard logger
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val_acc",
@@ -133,7 +134,7 @@ class LitTransferCLI(LightningCLI):
         if seed is not False and seed is not None:
             callbacks.append(EpochSeeder(int(seed)))
         if kwargs.get("logger", config.get("logger")) is not False:
-            callbacks += [LearningRateMonitor(logging_interval="epoch"), TensorBoardReports()]
+            callbacks.append(LearningRateMonitor(logging_interval="epoch"))
         if config.get("enable_progress_bar") is not False:
             callbacks.append(ThrottledProgressBar())
         self.trainer_defaults["callbacks"] = callbacks
@@ -223,7 +224,7 @@ EXTRA_COMMANDS: dict[str, str] = {
 
 # Top-level keys of a full config that a data-only command accepts and ignores.
 _NON_DATA_KEYS = (
-    "trainer", "model", "optimizer", "lr_scheduler", "checkpoint", "cache_features", "seed_everything",
+    "trainer", "model", "optimizer", "lr_scheduler", "checkpoint", "cache_features", "reports", "seed_everything",
     "experiment", "runs_dir", "test_after_fit", "ckpt_path",
 )  # fmt: skip
 

@@ -164,3 +164,11 @@ def test_print_config_shows_defaults(image_tree: Path, tmp_path: Path) -> None:
     config = yaml.safe_load(shown.stdout)
     assert config["checkpoint"]["monitor"] == "val_acc" and config["checkpoint"]["save_last"] is True
     assert config["seed_everything"] == 42
+    assert config["reports"]["every_n_epochs"] == 1 and config["cache_features"]["enabled"] == "auto"
+
+
+def test_reports_are_configured_from_the_command_line(image_tree: Path, in_tmp: Path) -> None:
+    main(["fit", *tiny_args(image_tree, epochs=2), "--reports.every_n_epochs", "2", "--experiment", "thin"])
+    events = EventAccumulator(str(in_tmp / "runs/thin/version_0"), size_guidance={"images": 0})
+    events.Reload()
+    assert len(events.Images("reports/confusion_matrix")) == 1  # the second validation only (the default: both)
