@@ -36,7 +36,6 @@ image, the issue's definition) ÷ the GPU's peak dense bf16 FLOP/s, and its shar
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import gc
 import io
@@ -72,6 +71,7 @@ import torchvision  # noqa: E402
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 from PIL import Image  # noqa: E402
+from run import interleaved, temp_dir  # noqa: E402  (benchmarks/run.py: the same A/B/A/B protocol)
 from torchvision.transforms import RandomResizedCrop  # noqa: E402
 from torchvision.transforms.v2 import functional as TF  # noqa: E402
 
@@ -190,30 +190,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def temp_dir(prefix: str) -> str:
-    """A temporary folder removed when the process exits."""
-    path = tempfile.mkdtemp(prefix=prefix)
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
-    return path
-
-
-# --- measurement helpers (the conventions of benchmarks/run.py) ------------------------------------------------------
-
-
-def interleaved(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
-    """Run every variant once per round in A/B/A/B order; round 0 is warm-up and dropped. Values are rates."""
-    out: dict[str, list[float]] = {k: [] for k in variants}
-    for r in range(rounds + 1):
-        order = list(variants) if r % 2 == 0 else list(reversed(variants))  # alternate order to cancel drift
-        for name in order:
-            gc.collect()  # collect the previous variant's garbage before the clock runs, not during it
-            t0 = time.perf_counter()
-            value = variants[name]()
-            print(f"  round {r}{' (warm-up)' if r == 0 else ''}: {name}: {value:.1f} img/s "
-                  f"({time.perf_counter() - t0:.1f}s)", file=sys.stderr)  # fmt: skip
-            if r > 0:
-                out[name].append(value)
-    return out
+# --- measurement helpers: temp_dir and interleaved come from benchmarks/run.py ----------------------------------------
 
 
 def ratio_rows(

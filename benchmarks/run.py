@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import gc
 import io
 import json
 import logging
@@ -77,12 +78,19 @@ def temp_dir(prefix: str) -> str:
 
 
 def interleaved(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
-    """Run every variant once per round in A/B/A/B order; round 0 is warm-up and dropped. Values are rates."""
+    """Run every variant once per round in A/B/A/B order; round 0 is warm-up and dropped. Values are rates.
+
+    Each call's value and duration go to stderr, so a long run shows its progress.
+    """
     out: dict[str, list[float]] = {k: [] for k in variants}
     for r in range(rounds + 1):
         order = list(variants) if r % 2 == 0 else list(reversed(variants))  # alternate order to cancel drift
         for name in order:
+            gc.collect()  # collect the previous variant's garbage before the clock runs, not during it
+            t0 = time.perf_counter()
             value = variants[name]()
+            print(f"  round {r}{' (warm-up)' if r == 0 else ''}: {name}: {value:.4g} "
+                  f"({time.perf_counter() - t0:.1f}s)", file=sys.stderr)  # fmt: skip
             if r > 0:
                 out[name].append(value)
     return out

@@ -197,6 +197,10 @@ def test_interrupted_entries_are_rebuilt_and_rebuild_recomputes(tree_factory, tm
     fit(root, tmp_path, cache, epochs=1)
     assert json.loads((train / META_NAME).read_text())["complete"] is True
     assert np.load(train / "features.npy").shape[1] == 64
+    (train / "features.npy").write_bytes(b"damaged after it was complete")  # metadata intact, data not
+    with pytest.warns(UserWarning, match="unreadable"):
+        fit(root, tmp_path, cache, epochs=1)
+    assert np.load(train / "features.npy").shape[1] == 64
     before = (train / "features.npy").stat().st_mtime_ns
     torch.manual_seed(0)
     again = TransferClassifier(num_classes=3, backbone="smallcnn", freeze="backbone", hidden_dims=[16], dropout=0.3)

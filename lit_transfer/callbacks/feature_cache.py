@@ -50,6 +50,7 @@ class FeatureCache(Callback):
         self._said: set[str] = set()
         self._rebuilt: set[Path] = set()
         self._open: dict[tuple[str, str], fc.FeatureDataset] = {}
+        self._weights: str | None = None
 
     @property
     def folder(self) -> Path:
@@ -81,6 +82,7 @@ class FeatureCache(Callback):
         """Offer the cache to the data module when the model's backbone is fully frozen."""
         if self.enabled is False:
             return
+        self._weights = None  # checkpoint weights are loaded after setup: hash them when first needed
         datamodule = getattr(trainer, "datamodule", None)
         reason = self.model_reason(pl_module)
         if reason is None and not isinstance(datamodule, BaseImageDataModule):
@@ -135,18 +137,37 @@ class FeatureCache(Callback):
             if trainer.is_global_zero and final.exists():
                 shutil.rmtree(final)
             strategy.barrier("feature_cache_rebuild")
+        if fc.entry_is_complete(final, key):
+            try:
+                opened = self._read(final, split, dataset)
+            except (OSError, ValueError) as err:  # damaged after it was written (disk, a hand edit): build it again
+                rank_zero_warn(f"feature cache: entry {final} is unreadable ({err}); extracting it again")
+                if trainer.is_global_zero:
+                    shutil.rmtree(final, ignore_errors=True)
+                strategy.barrier("feature_cache_damaged")
         if not fc.entry_is_complete(final, key):
             self._extract(trainer, model, datamodule, split, dataset, final, key, parts)
-        else:
-            meta = fc.read_meta(final)
-            rank_zero_info(
-                f"feature cache: {split} features of {len(dataset):,} images read from {final} "
-                f"({meta['size']:,} x {meta['width']})"
-            )
-        bad = {int(b["index"]): BadSample(b["path"], b["split"], b["reason"]) for b in fc.read_meta(final)["bad"]}
-        opened = fc.FeatureDataset(final, dataset.targets, bad)
+            opened = self._read(final, split, dataset, extracted=True)
         self._open[(split, key)] = opened
         return opened
+
+    @staticmethod
+    def _read(folder: Path, split: str, dataset: ImageFilesDataset, extracted: bool = False) -> fc.FeatureDataset:
+        meta = fc.read_meta(folder)
+        bad = {int(b["index"]): BadSample(b["path"], b["split"], b["reason"]) for b in meta["bad"]}
+        opened = fc.FeatureDataset(folder, dataset.targets, bad)
+        if not extracted:
+            rank_zero_info(
+                f"feature cache: {split} features of {len(dataset):,} images read from {folder} "
+                f"({meta['size']:,} x {meta['width']})"
+            )
+        return opened
+
+    def _weights_digest(self, model: pl.LightningModule) -> str:
+        # the backbone is frozen for the whole run: hash its weights (a second or so for large models) once
+        if self._weights is None:
+            self._weights = fc.weights_digest(model.backbone)  # type: ignore[arg-type]
+        return self._weights
 
     def _key(
         self, trainer: pl.Trainer, model: pl.LightningModule, split: str, dataset: ImageFilesDataset
@@ -155,7 +176,7 @@ class FeatureCache(Callback):
         parts = {
             "split": split,
             "backbone": hparams.get("backbone"),
-            "weights": fc.weights_digest(model.backbone),  # type: ignore[arg-type]
+            "weights": self._weights_digest(model),
             "mean": model.mean.flatten().tolist(),  # type: ignore[union-attr, operator]
             "std": model.std.flatten().tolist(),  # type: ignore[union-attr, operator]
             "channels_last": bool(hparams.get("channels_last", False)),
@@ -216,11 +237,11 @@ class FeatureCache(Callback):
             model.backbone.train(was_training)  # type: ignore[union-attr]
         index_of = {str(Path(dataset.root) / p): i for i, p in enumerate(dataset.paths)}
         found = [{"index": index_of.get(b.path, -1), "path": b.path, "split": b.split, "reason": b.reason} for b in bad]
-        gathered = strategy.all_gather(torch.tensor([width], device=model.device)).flatten().tolist()
-        bad_all = _gather_objects(strategy, found, world)
+        shards = _gather_objects((width, found), world)
         strategy.barrier("feature_cache_extracted")
         if rank == 0:
-            width = max(int(w) for w in gathered)
+            width = max(w for w, _ in shards)  # 0 from a rank whose images were all unreadable
+            bad_all = [b for _, bad_of_rank in shards for b in bad_of_rank]
             fc.assemble([Path(build) / f"part-{r}" for r in range(world)], len(dataset), width, Path(build))
             for r in range(world):
                 shutil.rmtree(Path(build) / f"part-{r}", ignore_errors=True)
@@ -258,13 +279,13 @@ class _Progress:
         )
 
 
-def _gather_objects(strategy: Any, items: list[Any], world: int) -> list[Any]:
-    """Every rank's list, concatenated (rank order); a no-op on one process."""
+def _gather_objects(item: Any, world: int) -> list[Any]:
+    """Every rank's ``item``, in rank order."""
     if world == 1:
-        return items
-    out: list[list[Any]] = [[] for _ in range(world)]
-    torch.distributed.all_gather_object(out, items)
-    return [item for part in out for item in part]
+        return [item]
+    out: list[Any] = [None] * world
+    torch.distributed.all_gather_object(out, item)
+    return out
 
 
 def clean_main(args: list[str]) -> None:

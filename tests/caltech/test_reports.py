@@ -32,7 +32,7 @@ def _fit(root: Path, log_dir: Path, callback: TensorBoardReports, model: Transfe
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[callback],
+        callbacks=[callback, *kw.pop("extra_callbacks", [])],
         **kw,
     )
     trainer.fit(model, datamodule=dm)
@@ -123,30 +123,29 @@ def test_confusion_matrix_image(n: int) -> None:
 def test_reports_are_drawn_in_the_background_and_written_before_fit_returns(
     tree_factory: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import time
+    import threading
 
     import lit_transfer.callbacks.reports as reports
 
-    slow = reports.render_confusion_matrix
+    next_epoch_started = threading.Event()
+    seen: list[tuple[bool, bool]] = []  # (drawn on the main thread, training had gone on meanwhile)
+    render = reports.render_confusion_matrix
 
-    def slow_render(*args: Any, **kwargs: Any) -> Any:
-        time.sleep(1.0)
-        return slow(*args, **kwargs)
+    def render_after_the_next_epoch_starts(*args: Any, **kwargs: Any) -> Any:
+        # on the main thread this wait could only end by its timeout: training is what sets the event
+        went_on = next_epoch_started.wait(timeout=30)
+        seen.append((threading.current_thread() is threading.main_thread(), went_on))
+        return render(*args, **kwargs)
 
-    monkeypatch.setattr(reports, "render_confusion_matrix", slow_render)
-    callback = TensorBoardReports()
-    spent: list[float] = []
-    original = TensorBoardReports.on_validation_epoch_end
+    class EpochSignal(pl.Callback):
+        def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            if trainer.current_epoch == 1:
+                next_epoch_started.set()
 
-    def timed(self: TensorBoardReports, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        start = time.perf_counter()
-        original(self, trainer, pl_module)
-        spent.append(time.perf_counter() - start)
-
-    monkeypatch.setattr(TensorBoardReports, "on_validation_epoch_end", timed)
+    monkeypatch.setattr(reports, "render_confusion_matrix", render_after_the_next_epoch_starts)
     root = tree_factory("data", per_class=6, classes=("c0", "c1", "c2"))
-    trainer, _ = _fit(root, tmp_path, callback, max_epochs=2)
-    assert len(spent) == 3 and max(spent) < 0.5  # sanity check + 2 epochs, none waited for the 1 s drawing
+    trainer, _ = _fit(root, tmp_path, TensorBoardReports(), max_epochs=2, extra_callbacks=[EpochSignal()])
+    assert seen == [(False, True), (False, True)]  # epoch 0's report was drawn while epoch 1 trained
     events = EventAccumulator(trainer.logger.log_dir, size_guidance={"images": 0})
     events.Reload()
     assert len(events.Images("reports/confusion_matrix")) == 2  # and both were written by the time fit returned
