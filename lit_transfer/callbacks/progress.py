@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -22,9 +23,14 @@ class ThrottledProgressBar(RichProgressBar):
         self.min_interval = 1.0 / max_redraws_per_second if max_redraws_per_second > 0 else 0.0
         self._last_draw = float("-inf")  # the first batch is drawn at once
 
-    def _due(self, batch_idx: int, total: float | int | None) -> bool:
+    def _due(self, batch_idx: int, total: Callable[[], float | int | None]) -> bool:
+        # Disabled on every rank but 0 under DDP: the stock bar then never tracks the current loader, and reading a
+        # total would fail its assertion, so a disabled bar must not look at them at all.
+        if self.is_disabled:
+            return False
         now = time.monotonic()
-        last = total is not None and batch_idx + 1 >= total
+        count = total()
+        last = count is not None and batch_idx + 1 >= count
         if last or now - self._last_draw >= self.min_interval:
             self._last_draw = now
             return True
@@ -34,7 +40,7 @@ class ThrottledProgressBar(RichProgressBar):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         """Draw the training bar when due."""
-        if self._due(batch_idx, self.total_train_batches):
+        if self._due(batch_idx, lambda: self.total_train_batches):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_validation_batch_end(
@@ -47,7 +53,7 @@ class ThrottledProgressBar(RichProgressBar):
         dataloader_idx: int = 0,
     ) -> None:
         """Draw the validation bar when due."""
-        if self._due(batch_idx, self.total_val_batches_current_dataloader):
+        if self._due(batch_idx, lambda: self.total_val_batches_current_dataloader):
             super().on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
 
     def on_test_batch_end(
@@ -60,7 +66,7 @@ class ThrottledProgressBar(RichProgressBar):
         dataloader_idx: int = 0,
     ) -> None:
         """Draw the test bar when due."""
-        if self._due(batch_idx, self.total_test_batches_current_dataloader):
+        if self._due(batch_idx, lambda: self.total_test_batches_current_dataloader):
             super().on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
 
     def on_predict_batch_end(
@@ -73,5 +79,5 @@ class ThrottledProgressBar(RichProgressBar):
         dataloader_idx: int = 0,
     ) -> None:
         """Draw the predict bar when due."""
-        if self._due(batch_idx, self.total_predict_batches_current_dataloader):
+        if self._due(batch_idx, lambda: self.total_predict_batches_current_dataloader):
             super().on_predict_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)

@@ -1,0 +1,38 @@
+"""The README's multi-process commands, exactly as written (only the data path swapped), with the user's defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from userpath import lit, scalars, user_args
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = str(REPO / "configs/quickstart.yaml")
+CPU_DEBUG = str(REPO / "configs/trainer/cpu_debug.yaml")
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+
+
+def test_readme_cpu_debug_command(tree_factory, tmp_path: Path) -> None:
+    """``fit --config configs/quickstart.yaml --config configs/trainer/cpu_debug.yaml``: two gloo processes."""
+    root = tree_factory("digits", per_class=10)
+    lit("fit", "--config", QUICKSTART, "--config", CPU_DEBUG, "--data.init_args.root", str(root), cwd=tmp_path)
+    run = next((tmp_path / "runs").glob("*/version_0"))
+    assert (run / "checkpoints/last.ckpt").is_file()
+    logged = scalars(run)
+    assert "val_acc" in logged and "test_acc" in logged  # quickstart tests after fit
+
+
+def test_two_processes_with_default_progress_bar_and_workers(tree_factory, tmp_path: Path) -> None:
+    """``--trainer.devices 2 --trainer.strategy ddp`` with everything else at its default (bar on, workers on)."""
+    # 9 per class: 21 training images, 11 per rank, so no rank gets a one-image batch (BatchNorm cannot train on it)
+    root = tree_factory("data", per_class=9)
+    args = user_args(root, "--trainer.devices", "2", "--trainer.strategy", "ddp", epochs=1)
+    i = args.index("--data.num_workers")
+    del args[i : i + 2]  # the default worker count: the cores shared among the two processes
+    result = lit("fit", *args, cwd=tmp_path)
+    assert "Epoch 0" in result.stdout + result.stderr  # rank 0's progress bar drew
+    assert (tmp_path / "runs/user/version_0/checkpoints/last.ckpt").is_file()
+    assert "val_acc" in scalars(tmp_path / "runs/user/version_0")
