@@ -30,6 +30,7 @@ from lit_transfer.models.freezing import (
     set_frozen_bn_eval,
 )
 from lit_transfer.models.heads import build_head
+from lit_transfer.models.schedules import build_lr_schedule, check_schedule_options
 
 # Frozen parts are put in eval mode on purpose (BatchNorm statistics must not move); Lightning warns about it.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
@@ -59,9 +60,12 @@ class TransferClassifier(pl.LightningModule):
         unfreeze_milestones: epochs at which frozen stages are unfrozen step by step, from the top stage down.
         backbone_lr_factor: backbone learning rate as a multiple of the head's.
         optimizer: optimizer class_path/init_args (set with ``--optimizer``); default AdamW(lr=1e-3, wd=0.01).
-        lr_scheduler: scheduler class_path/init_args (set with ``--lr_scheduler``); overrides warmup/cosine.
-        warmup_epochs: linear warm-up length in epochs (fractions allowed), stepped per batch.
-        cosine: cosine decay to zero over the remaining training steps.
+        lr_scheduler: scheduler class_path/init_args (set with ``--lr_scheduler``); OneCycleLR/CyclicLR are stepped
+            per optimizer step (OneCycleLR spans the run unless given ``total_steps``), others per epoch. Giving it
+            with ``warmup_epochs`` > 0 or ``cosine`` is an error (see ``lit_transfer.models.schedules``).
+        warmup_epochs: linear warm-up in epochs (fractions allowed) of the epoch's real optimizer steps, at least one
+            step, stepped per optimizer step.
+        cosine: cosine decay to zero over the run's remaining optimizer steps (``max_steps`` or ``max_epochs``).
         label_smoothing: label smoothing of the cross-entropy loss.
         mean: input normalization mean; ``null`` uses the weights' own, else ImageNet's.
         std: input normalization std; ``null`` uses the weights' own, else ImageNet's.
@@ -110,6 +114,7 @@ class TransferClassifier(pl.LightningModule):
             raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
         if unfreeze_at_epoch is not None and unfreeze_milestones:
             raise ValueError("give model.unfreeze_at_epoch or model.unfreeze_milestones, not both")
+        check_schedule_options(lr_scheduler, warmup_epochs, cosine)  # before any weights are built or downloaded
         self.save_hyperparameters()
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         built = build_backbone(backbone, weights)
@@ -377,30 +382,13 @@ class TransferClassifier(pl.LightningModule):
         return groups
 
     def configure_optimizers(self) -> Any:
-        """The optimizer over the parameter groups, and the scheduler (given, or warm-up/cosine per step)."""
+        """The optimizer over the parameter groups, and the scheduler (given, or warm-up/cosine per optimizer step)."""
         init = self.hparams.optimizer or DEFAULT_OPTIMIZER
         lr = float(init.get("init_args", {}).get("lr", 1e-3))
         optimizer = instantiate_class(self.parameter_groups(lr), init)
-        if self.hparams.lr_scheduler:
-            scheduler = instantiate_class(optimizer, self.hparams.lr_scheduler)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
-        if not self.hparams.warmup_epochs and not self.hparams.cosine:
-            return optimizer
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        per_epoch = total / max(1, self.trainer.max_epochs or 1)
-        warmup = int(self.hparams.warmup_epochs * per_epoch)
-        cosine = self.hparams.cosine
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if not cosine:
-                return 1.0
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        hp = self.hparams
+        schedule = build_lr_schedule(optimizer, self._trainer, hp.lr_scheduler, hp.warmup_epochs, hp.cosine)
+        return optimizer if schedule is None else {"optimizer": optimizer, "lr_scheduler": schedule}
 
     # --- reporting and checkpoints --------------------------------------------------------------------------------
 
