@@ -140,7 +140,9 @@ class TransferClassifier(pl.LightningModule):
         }
         if num_classes > 5:
             metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro", validate_args=False)
-        base = MetricCollection(metrics)
+        # compute_groups would merge metrics whose states are equal after the first update: a first batch that is all
+        # correct at top-1 makes macro F1 and top-5 accuracy look alike, and val_f1 then reports top-5 counts.
+        base = MetricCollection(metrics, compute_groups=False)
         self.metrics = nn.ModuleDict({f"{s}_metrics": base.clone(prefix=f"{s}_") for s in ("train", "val", "test")})
         # (nan_strategy="disable" would save a sync per flush, but torchmetrics 1.9 then drops the weights)
         self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in ("train", "val", "test")})
@@ -306,12 +308,26 @@ class TransferClassifier(pl.LightningModule):
         """Compute (synchronised across processes), log and reset the epoch's loss and metrics of ``stage``."""
         self._flush(stage)
         loss, metrics = self.losses[f"{stage}_loss"], self.metrics[f"{stage}_metrics"]
-        if loss.update_called:
-            values = {f"{stage}_loss": loss.compute(), **metrics.compute()}
+        if self._any_rank_updated(loss.update_called):
+            with warnings.catch_warnings():
+                # a process that saw no batch computes only to take its part in the synchronisation
+                warnings.filterwarnings("ignore", message="The ``compute`` method of metric", category=UserWarning)
+                values = {f"{stage}_loss": loss.compute(), **metrics.compute()}
             self.log_dict(values, prog_bar=True)
             self.on_epoch_metrics(stage)
         loss.reset()
         metrics.reset()
+
+    def _any_rank_updated(self, updated: bool) -> bool:
+        """Whether any process saw a batch: computing synchronises, so all of them must decide alike.
+
+        A process can see none (its shard of the validation files was unreadable, or it got no file at all) while
+        the others did; if it skipped ``compute`` the others would wait for it in the metrics' collective.
+        """
+        if self._trainer is None or self.trainer.world_size == 1:
+            return updated
+        count = self.trainer.strategy.reduce(torch.tensor(float(updated), device=self.device), reduce_op="sum")
+        return bool(count > 0)
 
     def on_epoch_metrics(self, stage: str) -> None:
         """Called with the epoch's metrics of ``stage`` computed and not yet reset (for subclasses' reports)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning.pytorch as pl
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -50,3 +51,23 @@ def test_flushes_every_few_batches_and_at_epoch_end(tree_factory, tmp_path: Path
     total = len(data._datasets["val"])
     assert sum(updates) == total and len(updates) == -(-total // METRIC_FLUSH_BATCHES)
     assert all(n == METRIC_FLUSH_BATCHES for n in updates[:-1])
+
+
+def test_metrics_stay_separate_when_the_first_update_is_all_correct() -> None:
+    """A first update that is right at top-1 must not tie macro F1 to top-5 accuracy for the rest of the epoch."""
+    from sklearn.metrics import accuracy_score, f1_score, top_k_accuracy_score
+
+    model = TransferClassifier(num_classes=6, backbone="smallcnn")
+    collection = model.metrics["val_metrics"]
+    generator = torch.Generator().manual_seed(0)
+    first_y = torch.arange(6)
+    first = F.one_hot(first_y, 6).float() * 5  # all correct: top-1 and top-5 agree
+    later_y = torch.randint(0, 6, (40,), generator=generator)
+    later = torch.randn(40, 6, generator=generator)
+    collection.update(first, first_y)
+    collection.update(later, later_y)
+    logged = {k: v.item() for k, v in collection.compute().items()}
+    logits, labels = torch.cat([first, later]).numpy(), torch.cat([first_y, later_y]).numpy()
+    assert logged["val_f1"] == pytest.approx(f1_score(labels, logits.argmax(1), average="macro"), abs=1e-6)
+    assert logged["val_acc"] == pytest.approx(accuracy_score(labels, logits.argmax(1)), abs=1e-6)
+    assert logged["val_acc_top5"] == pytest.approx(top_k_accuracy_score(labels, logits, k=5), abs=1e-6)

@@ -36,3 +36,18 @@ def test_two_processes_with_default_progress_bar_and_workers(tree_factory, tmp_p
     assert "Epoch 0" in result.stdout + result.stderr  # rank 0's progress bar drew
     assert (tmp_path / "runs/user/version_0/checkpoints/last.ckpt").is_file()
     assert "val_acc" in scalars(tmp_path / "runs/user/version_0")
+
+
+def test_a_rank_without_readable_validation_images_does_not_hang(tree_factory, tmp_path: Path) -> None:
+    """Two validation files, the one on rank 0's shard truncated: rank 0 sees no batch, rank 1 one image."""
+    train = tree_factory("train", per_class=6)
+    val = tree_factory("val", per_class=1, classes=("green", "red"), seed=5)
+    broken = val / "green/img_000.png"  # sorted first: rank 0's shard
+    broken.write_bytes(broken.read_bytes()[:60])  # the header still reads, the pixels do not
+    args = user_args(train, "--data.val_dir", str(val), "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                     "--model.backbone", "smallcnn", epochs=2)  # fmt: skip
+    args[args.index("--data.root")] = "--data.train_dir"
+    lit("fit", *args, cwd=tmp_path, timeout=240)
+    logged = scalars(tmp_path / "runs/user/version_0")
+    assert len(logged["val_acc"]) == 2  # both epochs computed their metrics on both ranks
+    assert (tmp_path / "runs/user/version_0/bad_images.csv").read_text().count("img_000.png") == 1
