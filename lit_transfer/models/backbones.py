@@ -21,8 +21,9 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
 
-# Builder keyword arguments a feature extractor needs (auxiliary classifiers only cost time and memory here).
-_BUILDER_KWARGS: dict[str, dict[str, Any]] = {"googlenet": {"aux_logits": False}, "inception_v3": {"aux_logits": False}}
+# Auxiliary classifiers only cost time and memory in a feature extractor. torchvision refuses aux_logits=False with
+# weights (they are part of the checkpoint), so they are built, loaded and then dropped: model attribute → modules.
+_AUX_HEADS: dict[str, tuple[str, ...]] = {"googlenet": ("aux1", "aux2"), "inception_v3": ("AuxLogits",)}
 
 
 @dataclass
@@ -134,7 +135,7 @@ def build_backbone(name: str, weights: str | None = None) -> Backbone:
         backbone = _REGISTRY[name]()
     else:
         enum = resolve_weights(name, weights) if weights is not None and not file_weights else None
-        model = torchvision.models.get_model(name, weights=enum, **_BUILDER_KWARGS.get(name, {}))
+        model = _build_torchvision(name, enum)
         dim, prefix = _squeezenet_features(model) if name.startswith("squeezenet") else _strip_classifier(model)
         backbone = Backbone(model, dim, removed_prefix=prefix)
         if enum is not None:
@@ -143,6 +144,34 @@ def build_backbone(name: str, weights: str | None = None) -> Backbone:
     if file_weights:
         load_weights_file(backbone, name, weights)  # type: ignore[arg-type]
     return backbone
+
+
+def _build_torchvision(name: str, enum: torchvision.models.WeightsEnum | None) -> nn.Module:
+    """``torchvision.models.get_model`` without auxiliary heads; a failed weights download says what to do."""
+    kwargs: dict[str, Any] = {"aux_logits": False} if name in _AUX_HEADS and enum is None else {}
+    try:
+        model = torchvision.models.get_model(name, weights=enum, **kwargs)
+    except (OSError, RuntimeError) as err:  # URLError is an OSError; a truncated download a RuntimeError
+        if enum is None:
+            raise
+        raise ValueError(weights_download_error(name, enum, err)) from err
+    if name in _AUX_HEADS and enum is not None:
+        model.aux_logits = False
+        for attr in _AUX_HEADS[name]:
+            setattr(model, attr, None)
+    return model
+
+
+def weights_download_error(name: str, enum: torchvision.models.WeightsEnum, err: BaseException) -> str:
+    """What to do when torchvision cannot fetch ``enum``: where the file comes from and where it would go."""
+    url = enum.url
+    target = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return (
+        f"cannot download the {enum} weights of backbone {name!r} ({reason}). Download {url} on a machine with "
+        f"network access and put it at {target} (torch.hub's cache, $TORCH_HOME), or set "
+        "model.init_args.weights to null (random init) or to a local weights file"
+    )
 
 
 def _find_state_dict(obj: Any, path: str, name: str) -> dict[str, torch.Tensor]:
@@ -179,6 +208,10 @@ def load_weights_file(backbone: Backbone, name: str, path: str) -> None:
             "accepted; re-save the file as a state dict (torch.save(model.state_dict(), ...))"
         ) from err
     state = _find_state_dict(obj, path, name)
+    saved = obj.get("lit_transfer") if isinstance(obj, dict) else None
+    if isinstance(saved, dict) and saved.get("mean") and saved.get("std"):
+        # a lit_transfer checkpoint's backbone was trained on inputs normalized its way (e.g. normalize: dataset)
+        backbone.mean, backbone.std = tuple(saved["mean"]), tuple(saved["std"])
     if backbone.removed_prefix:
         state = {k: v for k, v in state.items() if not k.startswith(backbone.removed_prefix + ".")}
     try:

@@ -114,7 +114,7 @@ def test_named_weights_for_a_registered_backbone_are_refused() -> None:
 
 def test_named_weights_are_loaded_through_torchvision() -> None:
     # the build really asks torchvision for the weights (which the test guard refuses to download)
-    with pytest.raises(RuntimeError, match="tried to download"):
+    with pytest.raises(ValueError, match="tried to download"):
         build_backbone("resnet18", weights="IMAGENET1K_V1")
 
 
@@ -314,3 +314,66 @@ def test_malicious_pickle_is_refused_without_running_it(tmp_path: Path, layout: 
         build_backbone("resnet18", str(path))
     assert str(path) in str(info.value)
     assert not marker.exists()
+
+
+# --- named weights: auxiliary heads, offline use, a checkpoint's own normalization ------------------------------------
+
+
+@pytest.fixture
+def serve_random_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchvision's weight loading returns the state dict of a freshly built full model (with auxiliary heads)."""
+
+    def state_dict(self: torchvision.models.WeightsEnum, *args: object, **kwargs: object) -> dict[str, torch.Tensor]:
+        name = {"GoogLeNet_Weights": "googlenet", "Inception_V3_Weights": "inception_v3"}[type(self).__name__]
+        builder = torchvision.models.get_model_builder(name)
+        return builder(weights=None, aux_logits=True, init_weights=False).state_dict()
+
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", state_dict)
+
+
+@pytest.mark.parametrize(
+    ("name", "dim", "aux"), [("googlenet", 1024, ("aux1", "aux2")), ("inception_v3", 2048, ("AuxLogits",))]
+)
+def test_named_weights_of_models_with_auxiliary_heads(
+    name: str, dim: int, aux: tuple[str, ...], serve_random_weights: None
+) -> None:
+    built = build_backbone(name, weights="DEFAULT")
+    assert built.feature_dim == dim
+    assert all(getattr(built.module, a) is None for a in aux)  # dropped after loading: no dead parameters to train
+    assert not any(n.startswith(aux) for n, _ in built.module.named_parameters())
+    built.module.eval()
+    size = 75 if name == "inception_v3" else 32
+    assert built.module(torch.zeros(1, 3, size, size)).shape == (1, dim)
+
+
+def test_a_failed_weights_download_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    from urllib.error import URLError
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise URLError("[Errno -2] Name or service not known")
+
+    # torchvision fetches through WeightsEnum.get_state_dict; offline, that is where the URLError comes from
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(ValueError) as err:
+        build_backbone("resnet18", weights="IMAGENET1K_V1")
+    message = str(err.value)
+    assert "ResNet18_Weights.IMAGENET1K_V1" in message and "resnet18-f37072fd.pth" in message
+    assert "Name or service not known" in message and "null" in message and "local weights file" in message
+    assert str(Path(torch.hub.get_dir()) / "checkpoints") in message
+
+
+def test_a_lit_transfer_checkpoint_brings_its_normalization(in_tmp: Path, image_tree: Path) -> None:
+    from lit_transfer.cli import main
+
+    main(["fit", "--data", "ImageFolderDataModule", "--data.root", str(image_tree), "--data.image_size", "32",
+          "--data.num_workers", "0", "--data.normalize", "dataset", "--model", "TransferClassifier",
+          "--model.backbone", "smallcnn", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+          "--experiment", "up"])  # fmt: skip
+    ckpt = in_tmp / "runs/up/version_0/checkpoints/last.ckpt"
+    saved = torch.load(ckpt, weights_only=True)["lit_transfer"]
+    assert saved["mean"] != pytest.approx([0.485, 0.456, 0.406], abs=0.01)  # the tree's own statistics
+    downstream = TransferClassifier(num_classes=3, backbone="smallcnn", weights=str(ckpt), freeze="backbone")
+    assert downstream.mean.flatten().tolist() == pytest.approx(saved["mean"])
+    assert downstream.std.flatten().tolist() == pytest.approx(saved["std"])
+    explicit = TransferClassifier(num_classes=3, backbone="smallcnn", weights=str(ckpt), mean=[0.5] * 3, std=[0.2] * 3)
+    assert explicit.mean.flatten().tolist() == [0.5] * 3  # an explicit choice still wins
