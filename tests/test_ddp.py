@@ -9,11 +9,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lit_transfer.data.splits import stratified_split
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
@@ -57,8 +60,14 @@ def scalars(run_dir: Path) -> dict[str, float]:
 
 @pytest.fixture
 def uneven_tree(tree_factory) -> Path:
-    # 3 + 2 + 2 = 7 validation images: an odd count that a padding sampler would count one image twice for
-    return tree_factory("data", per_class={"red": 9, "green": 7, "blue": 5})
+    # An odd number of validation images, which a padding sampler would count one image twice for: under the
+    # per-file hash split (val_fraction 0.3, seed 42) these 21 images give 2 + 1 + 2 = 5 (blue, green, red). The
+    # 16 training images give each of 2 ranks 4 full batches of 2: a batch of one would fail a training BatchNorm.
+    per_class = {"red": 4, "green": 9, "blue": 8}
+    files = {name: [f"{name}/img_{i:03d}.png" for i in range(n)] for name, n in per_class.items()}
+    splits = Counter(s.split for s in stratified_split(files, sorted(per_class), 0.3, 0.0, seed=42))
+    assert splits["val"] % 2 == 1 and splits["train"] % 4 == 0, splits
+    return tree_factory("data", per_class=per_class)
 
 
 def free_port() -> int:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from lit_transfer.data.folder import ImageFolderDataModule
 from lit_transfer.data.images import BadImageError
-from lit_transfer.data.splits import SPLITS, split_counts
+from lit_transfer.data.splits import SPLITS, Sample, stratified_split
 
 CLASSES = ("red", "green", "blue")  # sorted: blue, green, red
 SMALL = {"image_size": 32, "batch_size": 4, "num_workers": 0}
@@ -108,8 +108,11 @@ def test_root_mode_splits_stratified(tree_factory: Callable[..., Path]) -> None:
     for s in dm.samples:
         assert dm.class_names[s.label] == s.path.split("/")[0]
     got = Counter((dm.class_names[s.label], s.split) for s in dm.samples)
-    for name, n in per_class.items():
-        assert [got[(name, split)] for split in SPLITS] == split_counts(n, (0.6, 0.2, 0.2))
+    for name in per_class:
+        assert all(got[(name, split)] >= 1 for split in SPLITS), (name, got)  # 3 or more images: one in every split
+    # each image by its own hash with the module's fractions and seed (per-class counts follow them on average)
+    by_class = {name: [s.path for s in dm.samples if dm.class_names[s.label] == name] for name in dm.class_names}
+    assert set(dm.samples) == set(stratified_split(by_class, dm.class_names, 0.2, 0.2, seed=3))
 
     assert set(dm._datasets) == set(SPLITS)
     for split in SPLITS:
@@ -137,7 +140,9 @@ def test_seed_changes_assignment(tree_factory: Callable[..., Path]) -> None:
     a.setup("fit")
     b.setup("fit")
     assert _triples(a) != _triples(b)
-    assert Counter((s.label, s.split) for s in a.samples) == Counter((s.label, s.split) for s in b.samples)
+    # each file is placed by its own hash, so the per-class counts may change with the seed too; every class keeps val
+    for dm in (a, b):
+        assert {s.label for s in dm.samples if s.split == "val"} == {0, 1, 2}
 
 
 def test_manifest_independent_of_creation_order(tmp_path: Path) -> None:
@@ -195,12 +200,17 @@ def test_missing_val_dir_is_carved_from_train(tree_factory: Callable[..., Path])
     dm = ImageFolderDataModule(train_dir=str(train), test_dir=str(test), val_fraction=0.25, test_fraction=0.5, **SMALL)
     dm.setup("fit")
     got = Counter((s.path.split("/")[0], s.split) for s in dm.samples)
-    # val comes out of train by val_fraction; test_fraction is ignored because test_dir is given
-    assert got == {("train", "train"): 18, ("train", "val"): 6, ("test", "test"): 6}
+    # val comes out of train by val_fraction, each file by its own hash; test_fraction is ignored (test_dir is given)
+    assert got[("train", "train")] + got[("train", "val")] == 24 and got[("test", "test")] == 6 and len(got) == 3
+    carved = [s for s in dm.samples if s.path.startswith("train/")]
+    names = dm.class_names
+    by_class = {name: [s.path.removeprefix("train/") for s in carved if s.label == i] for i, name in enumerate(names)}
+    expected = stratified_split(by_class, names, 0.25, 0.0, dm.seed)
+    assert set(carved) == {Sample(f"train/{s.path}", s.label, s.split) for s in expected}
     for s in dm.samples:
         assert s.label == _class_of(s.path, dm)
     per_class_val = Counter(s.label for s in dm.samples if s.split == "val")
-    assert per_class_val == {0: 2, 1: 2, 2: 2}
+    assert set(per_class_val) == {0, 1, 2}  # every class keeps a val image
 
 
 def test_train_dir_alone(tree_factory: Callable[..., Path]) -> None:
@@ -208,7 +218,10 @@ def test_train_dir_alone(tree_factory: Callable[..., Path]) -> None:
     dm = ImageFolderDataModule(train_dir=str(train), val_fraction=0.2, **SMALL)
     dm.setup("fit")
     assert dm.data_root == train.resolve()
-    assert Counter(s.split for s in dm.samples) == {"train": 12, "val": 3}
+    assert len(dm.samples) == 15 and {s.split for s in dm.samples} == {"train", "val"}
+    by_class = {n: [s.path for s in dm.samples if s.label == i] for i, n in enumerate(dm.class_names)}
+    assert set(dm.samples) == set(stratified_split(by_class, dm.class_names, 0.2, 0.0, dm.seed))  # the per-file rule
+    assert {s.label for s in dm.samples if s.split == "val"} == {0, 1, 2}
 
 
 # --------------------------------------------------------------------------- loaders and transforms
