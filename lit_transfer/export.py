@@ -9,9 +9,11 @@ kept: probabilities are what most users want, logits are what calibration, ensem
 softmax costs nothing.
 
 The file carries what a user needs besides the weights (:func:`build_metadata`): class names, input size, the eval
-resize size, mean/std, and the angle of each class for a RotNet model. ONNX stores them as ``metadata_props``, one
-JSON-encoded value per key; TorchScript as the extra file ``metadata.json`` (one JSON object with the same keys).
-:mod:`lit_transfer.inference` reads either and predicts on image files.
+resize size, mean/std, and for a RotNet model the angle of each class and the preprocessing of its data module's
+``predict`` view (``square``, ``low_pass``, ``decode_min_side``, ``rotation``: see :func:`rotation_preprocessing`).
+ONNX stores them as ``metadata_props``, one JSON-encoded value per key; TorchScript as the extra file
+``metadata.json`` (one JSON object with the same keys). :mod:`lit_transfer.inference` reads either and predicts on
+image files with that preprocessing.
 
 After writing, the file is loaded back (onnxruntime, or ``torch.jit.load``) and run against the PyTorch model on
 random ``uint8`` batches of several sizes; the largest absolute difference of either output is reported. Above
@@ -175,7 +177,7 @@ def rebuild_model(ckpt: dict[str, Any], source: str = "the checkpoint") -> Trans
 def class_angles(model: TransferClassifier) -> list[float] | None:
     """Each class's rotation angle for a RotNet model, else ``None``.
 
-    RotNetClassifier knows its angles; any other model whose class names are all angles (``0°``, ``22.5°``, …, as a
+    RotNetClassifier knows its angles; any other model whose class names are all angles (``0°``, ``45°``, …, as a
     RotNet data module names them) gets them read from its names.
     """
     angles = getattr(model, "class_angles", None)
@@ -187,18 +189,41 @@ def class_angles(model: TransferClassifier) -> list[float] | None:
     return None
 
 
-def eval_resize_size(image_size: int, angles: Sequence[float] | None) -> int:
+def eval_resize_size(image_size: int, angles: Sequence[float] | None, ckpt: dict[str, Any] | None = None) -> int:
     """Short side images are resized to before the ``image_size`` center crop, as the data modules evaluate.
 
-    Classifiers: ``round(image_size / 0.875)``. RotNet: the square source side of RotNetDataModule's default
-    ``safe`` geometry (``image_size`` itself when every angle is a multiple of 90°).
+    Classifiers: ``round(image_size / 0.875)``. RotNet: the side of the square source the data module rotates
+    (:func:`rotation_preprocessing`).
     """
     if angles is None:
         return round(image_size / EVAL_CROP_RATIO)
-    from lit_transfer.data.rotation import source_size
+    return int(rotation_preprocessing(ckpt or {}, angles, image_size)["source_size"])
 
-    right_angles_only = len(angles) == 4 and all(float(a) % 90 == 0 for a in angles)
-    return source_size(image_size, "safe", right_angles_only)
+
+def rotation_preprocessing(
+    ckpt: dict[str, Any], angles: Sequence[float], image_size: int, resize_size: int | None = None
+) -> dict[str, Any]:
+    """How the RotNet data module made the ``predict`` view the model is meant to see, as plain values.
+
+    Read from the checkpoint's ``lit_transfer["rotation"]`` entry (written by RotNetClassifier from its data module:
+    geometry, square, source size, low-pass, JPEG decode size). A checkpoint without it gets RotNetDataModule's
+    defaults (``safe``, ``crop``, ``decode_scale`` 2), with 4 exact ``rot90`` classes when its angles are the
+    multiples of 90°. ``resize_size`` replaces the source size (and the low-pass padding follows it).
+    """
+    from lit_transfer.data.rotnet import predict_preprocessing
+
+    saved = (ckpt.get("lit_transfer") or {}).get("rotation")
+    if isinstance(saved, dict):
+        keys = ("num_rotations", "angle_mode", "geometry", "square", "decode_scale")
+        settings = {k: saved[k] for k in keys if k in saved}
+        same_size = int(saved.get("image_size") or image_size) == image_size
+        source = saved.get("source_size") if same_size else None
+    else:
+        step = 360 / len(angles)
+        exact = all(abs(float(a) / step - round(float(a) / step)) < 1e-6 for a in angles)
+        settings = {"num_rotations": len(angles), "angle_mode": "discrete" if exact else "binned"}
+        source = None
+    return predict_preprocessing(image_size, **settings, source_side=resize_size or source)
 
 
 def build_metadata(
@@ -220,6 +245,8 @@ def build_metadata(
     image_size = int(image_size)
     angles = class_angles(model)
     class_names = [str(n) for n in model.class_names]
+    rotation = rotation_preprocessing(ckpt, angles, image_size, resize_size) if angles is not None else None
+    resize_size = rotation["source_size"] if rotation is not None else resize_size or eval_resize_size(image_size, None)
     metadata: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "task": "rotation" if angles is not None else "classification",
@@ -228,7 +255,7 @@ def build_metadata(
         "class_names": class_names,
         "num_classes": len(class_names),
         "image_size": image_size,
-        "resize_size": int(resize_size or eval_resize_size(image_size, angles)),
+        "resize_size": int(resize_size),
         "mean": [float(v) for v in model.mean.flatten()],
         "std": [float(v) for v in model.std.flatten()],
         "input": {
@@ -239,23 +266,46 @@ def build_metadata(
             "shape": ["batch", 3, image_size, image_size],
         },
         "outputs": list(OUTPUT_NAMES),
-        "preprocessing": (
-            "EXIF orientation applied, RGB (16-bit rescaled, transparency on white), short side resized to "
-            "resize_size (bilinear, antialiased), center crop of image_size; uint8 in, normalization is in the model"
-        ),
+        "preprocessing": _describe_preprocessing(rotation),
         "manifest_hash": info.get("manifest_hash"),
         "checkpoint": Path(ckpt_path).name,
         "epoch": ckpt.get("epoch"),
         "lit_transfer_version": __version__,
         "torch_version": torch.__version__.split("+")[0],
     }
-    if angles is not None:
+    if angles is not None and rotation is not None:  # (one is None exactly when the other is)
         metadata["class_angles"] = angles
         metadata["angle_unit"] = "degrees counter-clockwise"
+        # what lit_transfer.inference needs to rebuild the data module's predict view, and where it came from
+        metadata["square"] = rotation["square"]
+        metadata["low_pass"] = rotation["low_pass"]
+        metadata["decode_min_side"] = rotation["decode_min_side"]
+        metadata["rotation"] = rotation
     saved = info.get("class_names")
     if saved is not None and list(saved) != class_names:
         raise CheckpointError(f"checkpoint {str(ckpt_path)!r}: class names {saved} differ from the model's")
     return metadata
+
+
+def _describe_preprocessing(rotation: dict[str, Any] | None) -> str:
+    """The ``preprocessing`` text of the metadata: what :mod:`lit_transfer.inference` does to an image."""
+    start = "EXIF orientation applied, RGB (16-bit rescaled, transparency on white), "
+    end = "; uint8 in, normalization is in the model"
+    if rotation is None:
+        return start + "short side resized to resize_size (bilinear, antialiased), center crop of image_size" + end
+    if rotation["decode_min_side"] is not None:
+        start += "a JPEG of shorter side >= 2 decode_min_side decoded at the reduced size (draft) of shorter side >= "
+        start += "decode_min_side, "
+    if rotation["square"] == "crop":
+        text = "short side resized to resize_size (bilinear, antialiased) and center square of resize_size"
+    else:
+        text = "squashed to resize_size x resize_size (bilinear, antialiased)"
+    if rotation["low_pass"] is not None:
+        text += (
+            ", reflect-padded by low_pass.pad, low-passed (isotropic raised cosine, flat to low_pass.inner, zero from "
+            "low_pass.outer of the Nyquist frequency) and rounded"
+        )
+    return start + text + ", center crop of image_size" + end
 
 
 # --------------------------------------------------------------------------- export and parity
@@ -492,6 +542,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{meta['num_classes']} classes, {meta['task']}): input uint8 [batch, 3, {meta['image_size']}, "
         f"{meta['image_size']}], outputs {' + '.join(OUTPUT_NAMES)}, eval resize {meta['resize_size']}"
     )
+    rotation = meta.get("rotation")
+    if rotation:
+        low_pass = "low-passed" if rotation["low_pass"] else "no low-pass"
+        print(
+            f"preprocessing recorded: the RotNet predict view ({rotation['geometry']} geometry, square "
+            f"{rotation['square']}, {rotation['source_size']} px source, {low_pass}, center crop {meta['image_size']})"
+        )
     verdict = "ok" if result.passed else "FAILED"
     found = f"error: {result.error}" if result.error else f"max |diff| {diffs}"
     print(

@@ -8,6 +8,9 @@ too (but ``import lit_transfer`` itself loads Lightning).
 Preprocessing is read from the exported file's metadata and mirrors lit_transfer's evaluation pipeline: EXIF
 orientation, RGB conversion (16-bit rescaled, transparency composited on white), short side resized to
 ``resize_size`` (bilinear, antialiased, as torchvision), center crop of ``image_size``. The model normalizes itself.
+A RotNet export records its data module's ``predict`` view instead, and :func:`preprocess` rebuilds it: JPEGs
+decoded at a reduced size (``decode_min_side``), the ``resize_size`` source square (``square``: ``crop`` or
+``resize``), the low-pass of the ``safe`` geometry (``low_pass``, with ``numpy.fft``), center crop of ``image_size``.
 
     predictor = load_exported("last.onnx")
     predictor.predict(["cat.jpg", "dog.png"], top_k=3)
@@ -19,6 +22,7 @@ orientation, RGB conversion (16-bit rescaled, transparency composited on white),
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import warnings
@@ -72,17 +76,23 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(image: ImageInput) -> Image.Image:
-    """A path or PIL image → upright (EXIF orientation applied), fully decoded RGB image.
+def load_image(image: ImageInput, min_side: int | None = None) -> Image.Image:
+    """A path or PIL image → upright (EXIF orientation applied), decoded RGB image.
 
+    With ``min_side``, a JPEG file whose shorter side is at least twice that is decoded at the reduced size (1/2, 1/4
+    or 1/8, inside the decoder) whose shorter side is still at least ``min_side``, as lit_transfer's loader does.
     Files above Pillow's ``MAX_IMAGE_PIXELS`` are refused before decoding (decompression bombs).
     """
     if isinstance(image, Image.Image):
         return to_rgb(ImageOps.exif_transpose(image))
     with Image.open(image) as img:
+        width, height = img.size
         limit = Image.MAX_IMAGE_PIXELS
-        if limit is not None and img.size[0] * img.size[1] > limit:
-            raise Image.DecompressionBombError(f"{img.size[0]}x{img.size[1]} pixels exceeds the limit of {limit}")
+        if limit is not None and width * height > limit:
+            raise Image.DecompressionBombError(f"{width}x{height} pixels exceeds the limit of {limit}")
+        if min_side is not None and img.format == "JPEG" and min(width, height) >= 2 * min_side:
+            scale = min_side / min(width, height)
+            img.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
         img = ImageOps.exif_transpose(img)
         img.load()
         return to_rgb(img)
@@ -110,10 +120,59 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def preprocess(image: ImageInput, resize_size: int, image_size: int) -> np.ndarray:
-    """One image → ``uint8`` array ``(3, image_size, image_size)``, as lit_transfer evaluates."""
-    img = center_crop(resize_short_side(load_image(image), resize_size), image_size)
-    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
+def band_limit(x: np.ndarray, inner: float, outer: float) -> np.ndarray:
+    """Isotropic raised-cosine low-pass of ``(..., H, W)`` float images: flat below ``inner``, zero from ``outer``.
+
+    In fractions of the Nyquist frequency, periodic (pad first), as lit_transfer's rotation module filters.
+    """
+    height, width = x.shape[-2:]
+    fy = np.fft.fftfreq(height)[:, None] * 2
+    fx = np.fft.rfftfreq(width)[None, :] * 2
+    t = np.clip((np.sqrt(fx**2 + fy**2) - inner) / (outer - inner), 0.0, 1.0)
+    window = 0.5 * (1.0 + np.cos(np.pi * t))
+    return np.fft.irfft2(np.fft.rfft2(x) * window, s=(height, width))
+
+
+def low_pass_crop(square: np.ndarray, image_size: int, low_pass: dict[str, Any]) -> np.ndarray:
+    """A ``uint8`` ``(3, S, S)`` source → reflect-padded, low-passed, rounded, central ``image_size`` crop (RotNet)."""
+    pad = int(low_pass["pad"])
+    padded = np.pad(square.astype(np.float64), ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
+    filtered = band_limit(padded, float(low_pass["inner"]), float(low_pass["outer"]))
+    top = (filtered.shape[-1] - image_size) // 2  # the source and the crop share one centre (even difference)
+    crop = filtered[:, top : top + image_size, top : top + image_size]
+    return np.clip(np.rint(crop), 0, 255).astype(np.uint8)
+
+
+def preprocess(
+    image: ImageInput,
+    resize_size: int,
+    image_size: int,
+    square: str | None = None,
+    low_pass: dict[str, Any] | None = None,
+    decode_min_side: int | None = None,
+) -> np.ndarray:
+    """One image → ``uint8`` array ``(3, image_size, image_size)``, as lit_transfer evaluates.
+
+    ``square`` is ``None`` for a classifier (short side to ``resize_size``, center crop ``image_size``); a RotNet
+    model first makes the ``resize_size`` square source (``crop``: short side and center square; ``resize``:
+    squashed), low-passes it when ``low_pass`` is given, and takes its central ``image_size`` square.
+    """
+    img = load_image(image, decode_min_side)
+    if square is None:
+        img = center_crop(resize_short_side(img, resize_size), image_size)
+        return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
+    if square == "resize":
+        if img.size != (resize_size, resize_size):
+            img = img.resize((resize_size, resize_size), Image.Resampling.BILINEAR)
+    elif square == "crop":
+        img = center_crop(resize_short_side(img, resize_size), resize_size)
+    else:
+        raise ValueError(f"unknown square mode {square!r} in the model's metadata: use 'crop' or 'resize'")
+    source = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+    if low_pass is not None:
+        return low_pass_crop(source, image_size, low_pass)
+    top = (resize_size - image_size) // 2
+    return source[:, top : top + image_size, top : top + image_size].copy()
 
 
 # --------------------------------------------------------------------------- exported models
@@ -172,8 +231,11 @@ class Predictor:
         metadata: everything the export stored (class names, sizes, mean/std, angles, provenance).
         class_names: class names in output order.
         image_size: side of the square model input.
-        resize_size: short side images are resized to before the center crop.
+        resize_size: short side images are resized to before the center crop (RotNet: the source square's side).
         class_angles: each class's angle in degrees for a RotNet model, else ``None``.
+        square: RotNet's ``crop`` or ``resize`` source square, ``None`` for a classifier.
+        low_pass: RotNet's low-pass of the source (``inner``, ``outer``, ``pad``), or ``None``.
+        decode_min_side: shorter side large JPEGs may be decoded down to, or ``None`` (always decoded in full).
     """
 
     def __init__(self, path: str | os.PathLike, run: Callable[[np.ndarray], np.ndarray], metadata: dict) -> None:
@@ -187,11 +249,15 @@ class Predictor:
         self.resize_size = int(metadata["resize_size"])
         angles = metadata.get("class_angles")
         self.class_angles: list[float] | None = [float(a) for a in angles] if angles is not None else None
+        self.square: str | None = metadata.get("square")
+        self.low_pass: dict[str, Any] | None = metadata.get("low_pass")
+        min_side = metadata.get("decode_min_side")
+        self.decode_min_side: int | None = int(min_side) if min_side is not None else None
         self._run = run
 
     def preprocess(self, image: ImageInput) -> np.ndarray:
         """One image → the model's ``uint8`` input ``(3, image_size, image_size)``."""
-        return preprocess(image, self.resize_size, self.image_size)
+        return preprocess(image, self.resize_size, self.image_size, self.square, self.low_pass, self.decode_min_side)
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities ``(N, num_classes)`` of a preprocessed ``uint8`` batch ``(N, 3, H, W)``."""

@@ -94,6 +94,8 @@ class RotationPredictionWriter(PredictionWriter):
 
     Columns: ``path``, ``angle`` (the predicted counter-clockwise rotation in degrees), ``confidence``, one
     ``p_<angle>`` column per class (the whole distribution) and, when uprighting, ``upright`` (the written file).
+    The angle is the predicted class's own (``k`` steps: in ``binned`` mode bins are centred on the multiples of the
+    step), so a photo turned by ``k · 45°`` is written back exactly upright, losslessly for multiples of 90°.
 
     Args:
         filename: name of the CSV file in the run folder.

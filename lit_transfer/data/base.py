@@ -284,6 +284,13 @@ class BaseImageDataModule(pl.LightningDataModule):
         """Hash of the split assignment, once :meth:`setup` has run."""
         return manifest_hash(self.samples, self.class_names) if self.samples else None
 
+    def train_targets(self) -> list[int]:
+        """The label of every training example, once :meth:`setup` has run (for inverse-frequency class weights).
+
+        Data modules whose examples are not the samples themselves (RotNet's rotated views) override it.
+        """
+        return [s.label for s in self.samples if s.split == "train"]
+
     # --- setup ----------------------------------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:

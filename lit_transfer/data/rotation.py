@@ -150,17 +150,21 @@ def split_angle(angle: float) -> tuple[int, float]:
     return turns % 4, angle - 90 * turns
 
 
-def prepare_source(image: torch.Tensor) -> torch.Tensor:
-    """Reflect-pad a ``(..., C, S, S)`` float source, band-limit it and taper the padding to zero.
-
-    The padding is about 10 % of the side (a fast FFT size in all); the taper is 1 over the whole source, so the
-    crop never sees it.
-    """
-    side = image.shape[-1]
+def source_padding(side: int) -> int:
+    """Reflect padding of a ``side`` px source before the low-pass: about 10 % of the side, a fast FFT size in all."""
     pad = math.ceil(0.1 * side) + 4
     while not _is_fast_fft_size(side + 2 * pad):
         pad += 1
-    pad = min(pad, side - 1)  # reflect padding must be shorter than the image
+    return min(pad, side - 1)  # reflect padding must be shorter than the image
+
+
+def prepare_source(image: torch.Tensor) -> torch.Tensor:
+    """Reflect-pad a ``(..., C, S, S)`` float source, band-limit it and taper the padding to zero.
+
+    The padding is :func:`source_padding`; the taper is 1 over the whole source, so the crop never sees it.
+    """
+    side = image.shape[-1]
+    pad = source_padding(side)
     flat = image.reshape(-1, *image.shape[-3:])  # reflect padding wants (N, C, H, W)
     padded = F.pad(flat, (pad, pad, pad, pad), mode="reflect")
     limited = band_limit(padded.reshape(*image.shape[:-2], *padded.shape[-2:]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ from lit_transfer.data.base import (
     mix_seed,
 )
 from lit_transfer.data.images import find_images
-from lit_transfer.data.rotation import rotate_views, source_size
+from lit_transfer.data.rotation import BAND_INNER, BAND_OUTER, rotate_views, source_padding, source_size
 from lit_transfer.data.splits import Sample, stratified_split
 from lit_transfer.data.transforms import Transform, train_transform
 
@@ -33,10 +34,60 @@ SOURCE_CLASS = "images"  # the single pseudo-class the split is stratified over
 
 
 def rotation_class_names(num_rotations: int, angle_mode: AngleMode = "discrete") -> list[str]:
-    """Class names ``0°, 45°, …``: each class's angle (a bin's centre in ``binned`` mode, ``22.5°, 67.5°, …``)."""
+    """Class names ``0°, 45°, …``: each class's angle, in ``binned`` mode too (the centre of its bin).
+
+    The names are the same in both modes (``angle_mode`` is accepted for symmetry): bins are centred on the
+    multiples of the step, so class 0 is upright and the angle of class ``k`` is what undoes it.
+    """
     step = 360 / num_rotations
-    offset = 0.5 if angle_mode == "binned" else 0.0
-    return [f"{(k + offset) * step:g}°" for k in range(num_rotations)]
+    return [f"{k * step:g}°" for k in range(num_rotations)]
+
+
+def angle_bin(angle: float, num_rotations: int) -> int:
+    """The ``binned`` class of a counter-clockwise ``angle``: bin ``k`` covers ``[k·step - step/2, k·step + step/2)``.
+
+    So 10° and 350° are class 0 (upright) and 30° class 1 with 45° steps.
+    """
+    step = 360 / num_rotations
+    return int(((angle % 360) + step / 2) // step) % num_rotations
+
+
+def predict_preprocessing(
+    image_size: int,
+    num_rotations: int = 8,
+    angle_mode: AngleMode = "discrete",
+    geometry: Geometry = "safe",
+    square: SquareMode = "crop",
+    decode_scale: float | None = 2.0,
+    source_side: int | None = None,
+) -> dict[str, Any]:
+    """How :class:`RotNetDataModule` makes the ``predict`` view (the 0° view) of a photo, as plain values.
+
+    The view is: the photo decoded (a large JPEG at a reduced size whose shorter side is at least
+    ``decode_min_side``), made a ``source_size`` square (``square``: short side resized and the centre cropped, or
+    squashed; antialiased bilinear), then, when ``low_pass`` is set, reflect-padded by ``low_pass["pad"]``,
+    low-passed by the isotropic raised cosine (flat to ``inner``, zero from ``outer`` of the Nyquist frequency) and
+    rounded; finally the central ``image_size`` square. The ``naive`` geometry and exact ``rot90`` rotations
+    (4 discrete classes) use no low-pass and a source of ``image_size``. ``source_side`` overrides the source size.
+    """
+    right_angles_only = num_rotations == 4 and angle_mode == "discrete"
+    side = int(source_side or source_size(image_size, geometry, right_angles_only))
+    filtered = geometry == "safe" and side != image_size  # what rotation.safe_rotations does for a 0° view
+    return {
+        "geometry": geometry,
+        "square": square,
+        "num_rotations": int(num_rotations),
+        "angle_mode": angle_mode,
+        "image_size": int(image_size),
+        "source_size": side,
+        "low_pass": (
+            {"inner": BAND_INNER, "outer": BAND_OUTER, "pad": source_padding(side), "padding": "reflect"}
+            if filtered
+            else None
+        ),
+        "decode_scale": decode_scale,
+        "decode_min_side": None if decode_scale is None else math.ceil(decode_scale * side),
+    }
 
 
 def square_transform(size: int, square: SquareMode = "crop") -> Transform:
@@ -106,17 +157,17 @@ class RotationDataset(Dataset):
         return len(self.images) * (self.num_rotations if self.mode == "grouped" else 1)
 
     def angle(self, label: int, generator: torch.Generator | None) -> float:
-        """The rotation of class ``label``: exactly ``label * step``, or uniform within its bin."""
+        """The rotation of class ``label`` in [0°, 360°): exactly ``label * step``, or uniform within its bin."""
         if self.angle_mode == "discrete":
             return label * self.step
-        return (label + float(torch.rand((), generator=generator))) * self.step
+        return ((label + float(torch.rand((), generator=generator)) - 0.5) * self.step) % 360
 
     def draw(self, index: int, epoch: int) -> tuple[int, float]:
         """Label and angle of source ``index``'s single view in ``epoch``: a uniform class, or a uniform angle."""
         generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, index, 2))
         if self.angle_mode == "binned":
             angle = float(torch.rand((), generator=generator)) * 360
-            return min(int(angle // self.step), self.num_rotations - 1), angle
+            return angle_bin(angle, self.num_rotations), angle
         label = int(torch.randint(self.num_rotations, (), generator=generator))
         return label, self.angle(label, generator)
 
@@ -175,15 +226,16 @@ class RotNetDataModule(BaseImageDataModule):
 
     Every image below ``root`` (class folders, if any, are ignored) is one source; the sources are split into
     train/val/test by the fractions (seeded, by source image, so no image's rotations cross splits). Label ``k``
-    means the view was rotated counter-clockwise by ``k * 360 / num_rotations`` degrees.
+    means the view was rotated counter-clockwise by ``k * 360 / num_rotations`` degrees (to within half a step in
+    ``binned`` mode).
 
     Args:
         root: folder, or list of folders, searched recursively for images.
         patterns: glob patterns an image's file name must match (``["*.png"]`` as in seed 000; a pattern with
             ``/`` is matched against the path below its root); default: every common image extension.
         num_rotations: 8 (45° steps, "RotNet-by-45°") or 4 (90° steps, Gidaris et al. 2018).
-        angle_mode: ``discrete`` (exactly ``k`` steps) or ``binned`` (a uniform angle, label = its bin; classes are
-            named by their bin's centre).
+        angle_mode: ``discrete`` (exactly ``k`` steps) or ``binned`` (a uniform angle, label = its bin; bin ``k``
+            is centred on ``k`` steps, so the class names and angles are the same as in ``discrete`` mode).
         geometry: ``safe`` (exact band-limited rotation, central crop: nothing but the content tells the angle) or
             ``naive`` (seed 000: bilinear rotation of the whole image, black corners; leaks the angle).
         all_rotations: train on every rotation of each image in the same batch (the paper's recipe; ``batch_size``
@@ -299,6 +351,32 @@ class RotNetDataModule(BaseImageDataModule):
     def angles(self) -> list[float]:
         """Each class's angle in degrees (a bin's centre in ``binned`` mode)."""
         return [float(name.rstrip("°")) for name in self.class_names]
+
+    def train_targets(self) -> list[int]:
+        """The class of every training view, for inverse-frequency class weights: each rotation once per image.
+
+        Exact with ``all_rotations`` (every image is shown in every rotation each epoch); with one random view per
+        image the class is uniform by construction (a uniform class, or a uniform angle in bins of equal width), so
+        these are its exact expected frequencies. The source images' own labels (all 0) are not what is trained on.
+        """
+        images = sum(1 for s in self.samples if s.split == "train")
+        return [k for _ in range(images) for k in range(self.num_rotations)]
+
+    def predict_preprocessing(self) -> dict[str, Any]:
+        """How this module makes the ``predict`` view, as plain values (see :func:`predict_preprocessing`).
+
+        RotNetClassifier stores it in its checkpoints, so an export can record (and the inference helper
+        reproduce) the very input the model saw.
+        """
+        return predict_preprocessing(
+            self.image_size,
+            self.num_rotations,
+            self.angle_mode,
+            self.geometry,
+            self.square,
+            self.decode_scale,
+            self.source_size,
+        )
 
     def find_sources(self) -> tuple[Path, list[str]]:
         """Every image below the roots that matches the patterns, relative to the roots' common folder."""

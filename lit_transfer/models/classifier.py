@@ -423,7 +423,12 @@ class TransferClassifier(pl.LightningModule):
         if stage != "fit" or datamodule is None:
             return
         if self.hparams.class_weights == "auto":
-            labels = [s.label for s in getattr(datamodule, "samples", []) if s.split == "train"]
+            # the labels trained on: RotNet's are its views' rotations, not its source images' (all 0)
+            train_targets = getattr(datamodule, "train_targets", None)
+            if callable(train_targets):
+                labels = train_targets()
+            else:
+                labels = [s.label for s in getattr(datamodule, "samples", []) if s.split == "train"]
             self.class_weight.copy_(inverse_frequency_weights(labels, self.hparams.num_classes))
             rank_zero_info(f"class weights (inverse frequency): {[round(w, 3) for w in self.class_weight.tolist()]}")
         stats = getattr(datamodule, "normalization", None)

@@ -38,7 +38,8 @@ class CircularAngleError(Metric):
 
     ``update`` takes logits ``(N, C)`` (or predicted classes ``(N,)``) and true classes, so it sits in a
     ``MetricCollection`` beside accuracy; errors are gathered across processes before the median is taken.
-    In ``binned`` mode each class's angle is its bin's centre, so this is the error against the bin centre.
+    In ``binned`` mode each class's angle is its bin's centre (``k`` steps: bins are centred on the multiples of the
+    step), so this is the error between bin centres.
     """
 
     is_differentiable = False
@@ -141,6 +142,19 @@ class RotNetClassifier(TransferClassifier):
                 }
             )
         self.confusion: dict[str, Tensor] = getattr(self, "confusion", {})
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """TransferClassifier's entry, plus how the data module made the ``predict`` view (``rotation``), for export.
+
+        A photo's input is the RotNet source square, low-passed or not, cropped or squashed (see
+        :func:`lit_transfer.data.rotnet.predict_preprocessing`); an export that guessed it would feed the model
+        images it never saw.
+        """
+        super().on_save_checkpoint(checkpoint)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        describe = getattr(datamodule, "predict_preprocessing", None)
+        if callable(describe):
+            checkpoint.setdefault("lit_transfer", {})["rotation"] = describe()
 
     @property
     def class_angles(self) -> list[float]:

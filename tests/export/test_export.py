@@ -195,6 +195,8 @@ def test_rotnet_checkpoint_records_the_angle_of_each_class(rotnet_ckpt: Path, tm
     assert meta["class_angles"] == [0, 45, 90, 135, 180, 225, 270, 315]
     assert meta["class_names"][1] == "45°" and meta["epoch"] == 3 and meta["manifest_hash"] == "0123456789abcdef"
     assert meta["resize_size"] == source_size(32, "safe", False) > 32  # the RotNet source square, not 32 / 0.875
+    # a checkpoint without the data module's settings gets RotNetDataModule's defaults: safe (low-passed), crop
+    assert meta["square"] == "crop" and meta["rotation"]["geometry"] == "safe" and meta["low_pass"]["outer"] == 0.75
     predictor = load_exported(result.path)
     assert predictor.class_angles == meta["class_angles"]
     (prediction,) = predictor.predict(Image.new("RGB", (60, 50), (90, 20, 200)), top_k=3)

@@ -15,6 +15,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from lit_transfer.data.rotation import center_crop
 from lit_transfer.data.rotnet import RotationGroupSampler, RotNetDataModule, matches, rotation_class_names
+from lit_transfer.models.rotnet import circular_angle_error
 
 
 def module(root: Path | list[str], **kwargs: object) -> RotNetDataModule:
@@ -27,7 +28,7 @@ def module(root: Path | list[str], **kwargs: object) -> RotNetDataModule:
 def test_class_names_flow_like_image_folder_classes(unlabeled: Path) -> None:
     assert rotation_class_names(8) == ["0°", "45°", "90°", "135°", "180°", "225°", "270°", "315°"]
     assert rotation_class_names(4) == ["0°", "90°", "180°", "270°"]
-    assert rotation_class_names(8, "binned")[:2] == ["22.5°", "67.5°"]
+    assert rotation_class_names(8, "binned") == rotation_class_names(8)  # bins are centred on 0°, 45°, …
     dm = RotNetDataModule(root=str(unlabeled), num_rotations=4)
     assert dm.num_classes == 4 and dm.angles == [0.0, 90.0, 180.0, 270.0]  # known before setup
     with pytest.raises(ValueError, match="num_rotations"):
@@ -58,16 +59,28 @@ def test_labels_are_the_rotations_of_the_source(asymmetric_tree: Path, geometry:
 
 
 def test_binned_labels_are_their_angles_bins(asymmetric_tree: Path) -> None:
+    from lit_transfer.data.rotnet import angle_bin
+
+    # bin k covers [45° k - 22.5°, 45° k + 22.5°): class 0 is upright, and each class's name is its bin's centre
+    assert [angle_bin(a, 8) for a in (10, 350, 30, 22.4, 22.5, 337.5, 337.4, 180, 200, -10, 370)] == [
+        0, 0, 1, 0, 1, 0, 7, 4, 4, 0, 0,
+    ]  # fmt: skip
+    assert [angle_bin(a, 4) for a in (44, 46, 134, 136, 316)] == [0, 1, 1, 2, 0]
     dm = module(asymmetric_tree, angle_mode="binned", val_fraction=0.0)
+    assert dm.class_names[:3] == ["0°", "45°", "90°"] and dm.angles == [45.0 * k for k in range(8)]
     train = dm._datasets["train"]
-    for epoch in range(200):
-        label, angle = train.draw(0, epoch)
-        assert 0 <= angle < 360 and label == int(angle // 45)
+    centres = torch.tensor(dm.angles, dtype=torch.float64)
+    draws = [train.draw(0, epoch) for epoch in range(200)]
+    labels, angles = torch.tensor([d[0] for d in draws]), torch.tensor([d[1] for d in draws], dtype=torch.float64)
+    assert bool(((angles >= 0) & (angles < 360)).all()) and set(labels.tolist()) == set(range(8))
+    assert labels.tolist() == [angle_bin(float(a), 8) for a in angles]
+    assert float(circular_angle_error(angles, centres[labels]).max()) <= 22.5  # within half a bin of the name
     grouped = dm.make_dataset(dm.data_root, train.paths, [0], "val")
-    angles = grouped.grouped_angles(0)
-    assert all(45 * k <= a < 45 * (k + 1) for k, a in enumerate(angles))
-    assert angles == grouped.grouped_angles(0)  # validation angles never change
-    assert len({round(a % 45, 6) for a in angles}) == 8  # not the bin edges: anywhere inside the bins
+    angles = torch.tensor(grouped.grouped_angles(0), dtype=torch.float64)
+    assert bool((circular_angle_error(angles, centres) < 22.5).all()) and bool(((angles >= 0) & (angles < 360)).all())
+    assert angles.tolist() == grouped.grouped_angles(0)  # validation angles never change
+    assert len({round(float(a) % 45, 6) for a in angles}) == 8  # not the bin centres: anywhere inside the bins
+    angles = angles.tolist()
     source = train.images[0][0].float()
     for k in (1, 3, 6):
         view = grouped[k][0].float()
