@@ -10,7 +10,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import ActionConfigFile, Namespace
+import torch
+from jsonargparse import ActionConfigFile, ArgumentError, Namespace
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -25,9 +26,11 @@ from lit_transfer.callbacks.checkpoint import AsyncAtomicCheckpointIO, is_valid_
 from lit_transfer.callbacks.progress import ThrottledProgressBar
 from lit_transfer.callbacks.reproducibility import EpochSeeder
 from lit_transfer.callbacks.signals import SigtermHandler
+from lit_transfer.config_errors import explain
 from lit_transfer.data import BaseImageDataModule
 from lit_transfer.data.images import BadImageError
 from lit_transfer.models import TransferClassifier
+from lit_transfer.models.classifier import CheckpointMismatchError
 
 DEFAULT_SEED = 42
 
@@ -82,6 +85,18 @@ class LitTransferCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
 
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        """The parser raises on a bad argument instead of printing the usage, so the error can be made short."""
+        kwargs.setdefault("exit_on_error", False)
+        return super().init_parser(**kwargs)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse the command line; a bad key or value is one configuration error naming it (and what is valid)."""
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            raise ConfigError(explain(str(err), _option_strings(parser, args))) from None
+
     def _parse_ckpt_path(self) -> None:
         """Read the checkpoint's hyperparameters (LightningCLI); an unreadable file is a configuration error."""
         try:
@@ -106,7 +121,7 @@ class LitTransferCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, FileNotFoundError, NotADirectoryError, KeyError, TypeError) as err:
-            raise ConfigError(str(err)) from err
+            raise ConfigError(explain(str(err))) from err
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer with lit_transfer's defaults: run-folder logger, atomic checkpoints, per-epoch seeding."""
@@ -171,6 +186,8 @@ class LitTransferCLI(LightningCLI):
                     f"--ckpt_path {ckpt!r} cannot be loaded with weights_only=True ({reason}); use --ckpt_path last "
                     "to take the newest readable checkpoint of this experiment"
                 )
+        if self.subcommand == "fit" and "://" not in str(ckpt):
+            _refuse_finished(str(ckpt), self._get(self.config_init, "trainer", default={}))
         folder = Path(ckpt).resolve().parent
         if self.subcommand == "fit" and folder.name == "checkpoints" and folder.parent.parent == runs.resolve():
             name = folder.parent.name
@@ -248,6 +265,33 @@ def parse_data_module(args: list[str]) -> tuple[BaseImageDataModule, Namespace]:
     return init.data, config
 
 
+def _refuse_finished(ckpt: str, trainer: Any) -> None:
+    """Resuming a run that already reached ``max_epochs``/``max_steps`` would train nothing and say nothing."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    progress = state.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    epochs_done, steps_done = progress.get("processed", state.get("epoch", 0)), state.get("global_step", 0)
+    max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps")
+    if max_epochs is not None and max_epochs >= 0 and epochs_done >= max_epochs:  # Lightning stops at either limit
+        raise ConfigError(
+            f"--ckpt_path {ckpt!r} has already trained {epochs_done} epochs, and --trainer.max_epochs is {max_epochs}: "
+            "nothing is left to train. Raise --trainer.max_epochs to continue, or use validate/test/predict with it"
+        )
+    if max_steps is not None and max_steps > 0 and steps_done >= max_steps:
+        raise ConfigError(
+            f"--ckpt_path {ckpt!r} has already trained {steps_done} steps, and --trainer.max_steps is {max_steps}: "
+            "nothing is left to train. Raise --trainer.max_steps to continue"
+        )
+
+
+def _option_strings(parser: LightningArgumentParser, args: Any) -> list[str]:
+    """The flags of the subcommand being parsed (for did-you-mean), or of the parser itself."""
+    argv = list(args) if isinstance(args, list | tuple) else sys.argv[1:]
+    subcommands = getattr(getattr(parser, "_subcommands_action", None), "choices", None) or {}
+    command = next((a for a in argv if a in subcommands), None)
+    target = subcommands[command] if command else parser
+    return [o for o in target._option_string_actions if o.startswith("--")]
+
+
 def launch_rank() -> int:
     """The global rank the launcher gave this process (torchrun, SLURM, Lightning's launcher); 0 if none."""
     for key in ("RANK", "SLURM_PROCID"):
@@ -274,7 +318,7 @@ def main(args: list[str] | None = None) -> None:
             getattr(importlib.import_module(module), function)(argv[1:])
             return
         LitTransferCLI(args=args)
-    except ConfigError as err:
+    except (ConfigError, CheckpointMismatchError) as err:
         print(f"lit_transfer: configuration error: {err}", file=sys.stderr)
         sys.exit(2)
     except SIGTERMException:

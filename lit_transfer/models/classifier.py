@@ -40,6 +40,10 @@ METRIC_FLUSH_BATCHES = 32  # batches whose metric inputs are buffered before one
 DEFAULT_OPTIMIZER: dict[str, Any] = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3, "weight_decay": 0.01}}
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that does not belong to this data (other classes); the CLI reports it as a configuration error."""
+
+
 class TransferClassifier(pl.LightningModule):
     """A torchvision (or registered) backbone with a new classification head.
 
@@ -469,7 +473,7 @@ class TransferClassifier(pl.LightningModule):
         """Refuse a checkpoint whose classes differ from this model's."""
         saved = checkpoint.get("lit_transfer", {}).get("class_names")
         if saved is not None and list(saved) != list(self.class_names):
-            raise ValueError(
+            raise CheckpointMismatchError(
                 f"the checkpoint was trained on classes {saved}, but the data has {self.class_names}; "
                 "use the data the checkpoint was trained on"
             )
