@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -307,9 +309,35 @@ def _sigterm_outside_training(signum: int, frame: Any) -> None:
     sys.exit(143)
 
 
+# Lightning messages that say nothing a lit_transfer user can act on: product tips; a deprecation inside Lightning's
+# own code; logging-interval and sync_dist advice (metrics are logged once per epoch, already synchronised); the
+# notice that a model's own callbacks (RotNet's prediction writer) replace the CLI's defaults, which is the intent.
+_HARMLESS_WARNINGS = (
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
+    r"It is recommended to use `self.log\('[^']*', \.\.\., sync_dist=True\)`",
+)
+_HARMLESS_INFO = ("💡 Tip:", "The following callbacks returned in `LightningModule.configure_callbacks` will override")
+
+
+class _DropHarmless(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(_HARMLESS_INFO)
+
+
+def quiet_lightning() -> None:
+    """Silence the known-harmless Lightning messages, for the command line only (library use is unchanged)."""
+    for pattern in _HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropHarmless) for f in logger.filters):
+        logger.addFilter(_DropHarmless())
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``python -m lit_transfer`` and the ``lit-transfer`` script."""
     argv = sys.argv[1:] if args is None else list(args)
+    quiet_lightning()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _sigterm_outside_training)
     try:
