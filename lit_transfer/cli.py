@@ -19,7 +19,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, LRSchedulerTypeTuple
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.optim import Optimizer
 
@@ -30,6 +30,7 @@ from lit_transfer.callbacks.reproducibility import EpochSeeder
 from lit_transfer.callbacks.signals import SigtermHandler
 from lit_transfer.config_errors import explain
 from lit_transfer.data import BaseImageDataModule
+from lit_transfer.data.checkpoint_classes import classes_from_checkpoint
 from lit_transfer.data.images import BadImageError
 from lit_transfer.models import TransferClassifier
 from lit_transfer.models.classifier import CheckpointMismatchError
@@ -121,9 +122,36 @@ class LitTransferCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         """Instantiate data, model and trainer; a failure here is a configuration error, reported cleanly."""
         try:
-            super().instantiate_classes()
+            with classes_from_checkpoint(self._predict_checkpoint_classes()):
+                super().instantiate_classes()
         except (ValueError, FileNotFoundError, NotADirectoryError, KeyError, TypeError) as err:
             raise ConfigError(explain(str(err))) from err
+
+    def _predict_checkpoint_classes(self) -> list[str] | None:
+        """For ``predict``: the checkpoint's class names, so the training data need not be there.
+
+        ``predict`` without ``--ckpt_path`` is refused: the new head would be untrained, and the predictions random.
+        """
+        if self.subcommand != "predict":
+            return None
+        ckpt = self.config["predict"].get("ckpt_path")
+        if not ckpt:
+            raise ConfigError(
+                "predict needs trained weights: pass --ckpt_path with a checkpoint of this experiment (or --ckpt_path "
+                "last for its newest); model.init_args.weights loads only a backbone, and the new head would be random"
+            )
+        if ckpt == "last":
+            runs = Path(self._get(self.config, "runs_dir", "runs")) / self._experiment_name()
+            ckpt = newest_valid_checkpoint(sorted(runs.glob("version_*/checkpoints")))
+        if ckpt is None or "://" in str(ckpt) or not Path(ckpt).is_file():
+            return None  # reported by _resolve_ckpt_path
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # reported by _resolve_ckpt_path
+            return None
+        self._predict_checkpoint = state.get("lit_transfer") or {}
+        names = self._predict_checkpoint.get("class_names") or state.get("hyper_parameters", {}).get("class_names")
+        return list(names) if names else None
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer with lit_transfer's defaults: run-folder logger, atomic checkpoints, per-epoch seeding."""
@@ -222,8 +250,15 @@ class LitTransferCLI(LightningCLI):
         self._setup_data_early("test")
 
     def before_predict(self) -> None:
-        """Check the data before predicting."""
+        """Check the data before predicting; say so when the images are sized otherwise than in training."""
         self._setup_data_early("predict")
+        trained = getattr(self, "_predict_checkpoint", {}).get("image_size")
+        size = getattr(self.datamodule, "image_size", None)
+        if trained and size and trained != size:
+            rank_zero_warn(
+                f"the checkpoint was trained on {trained} px images and data.init_args.image_size is {size}: "
+                f"predicting at {size} px; pass --data.init_args.image_size {trained} to predict as trained"
+            )
 
     def after_fit(self) -> None:
         """Test the best checkpoint right away when ``--test_after_fit true``."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from lit_transfer.data.base import BadImagePolicy, BaseImageDataModule
+from lit_transfer.data.checkpoint_classes import checkpoint_classes
 from lit_transfer.data.folder import scan_class_folders
 from lit_transfer.data.images import class_dirs, is_hidden, is_image_file, list_class_dirs
 from lit_transfer.data.splits import Sample, stratified_split
@@ -293,6 +294,11 @@ class Caltech101DataModule(BaseImageDataModule):
         self.download = download
         self.exclude = list(exclude)
         self.fractions = [float(f) for f in fractions]
+        known = checkpoint_classes()
+        if known is not None:  # predict --ckpt_path: the data set is not read, and need not be there
+            self.categories_dir = Path(root)
+            self.class_names = known
+            return
         categories_dir = find_categories_dir(root)
         if categories_dir is None and download:
             categories_dir = download_caltech101(root)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from lit_transfer.data.base import BadImagePolicy, BaseImageDataModule
+from lit_transfer.data.checkpoint_classes import checkpoint_classes
 from lit_transfer.data.images import class_dirs, find_images, list_class_dirs
 from lit_transfer.data.splits import Sample, stratified_split
 
@@ -96,6 +97,10 @@ class ImageFolderDataModule(BaseImageDataModule):
         self.test_dir = test_dir
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
+        known = checkpoint_classes()
+        if known is not None:  # predict --ckpt_path: the training folder is not read, and need not exist
+            self.class_names = known
+            return
         self.class_names = list_class_dirs(root or train_dir)  # type: ignore[arg-type]
         if not self.class_names:
             raise ValueError(f"no class folders in {root or train_dir!r}: expected <folder>/<class name>/<image>")

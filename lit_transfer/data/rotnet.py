@@ -22,6 +22,7 @@ from lit_transfer.data.base import (
     ImageFilesDataset,
     mix_seed,
 )
+from lit_transfer.data.checkpoint_classes import checkpoint_classes
 from lit_transfer.data.images import find_images
 from lit_transfer.data.rotation import BAND_INNER, BAND_OUTER, rotate_views, source_padding, source_size
 from lit_transfer.data.splits import Sample, stratified_split
@@ -323,7 +324,7 @@ class RotNetDataModule(BaseImageDataModule):
         self.roots = [root] if isinstance(root, str) else list(root)
         if not self.roots:
             raise ValueError("data.root is an empty list: give at least one folder of images")
-        for folder in self.roots:
+        for folder in self.roots if checkpoint_classes() is None else ():  # predict --ckpt_path reads no root
             if not Path(folder).is_dir():
                 raise FileNotFoundError(f"image folder {folder!r} does not exist or is not a directory")
         if write_upright and predict_dir and Path(write_upright).resolve() == Path(predict_dir).resolve():
