@@ -100,8 +100,44 @@ class LitTransferCLI(LightningCLI):
         except ArgumentError as err:
             raise ConfigError(explain(str(err), _option_strings(parser, args))) from None
 
+    def _runs(self) -> Path:
+        """The experiment's folder of runs: ``<runs_dir>/<experiment>``."""
+        config = self.config.get(str(self.config.get("subcommand")), self.config)
+        return Path(config.get("runs_dir") or "runs") / self._experiment_name()
+
+    def _experiment_checkpoint(self, which: str, subcommand: str) -> Path:
+        """The file ``--ckpt_path last`` or ``best`` stands for.
+
+        ``last`` is the newest readable epoch-end checkpoint of the experiment, ``best`` its newest run's ``best.ckpt``;
+        resolved before anything is built, so the checkpoint's hyperparameters apply as for a file.
+        """
+        runs = self._runs()
+        if which == "last":
+            found = newest_valid_checkpoint(sorted(runs.glob("version_*/checkpoints")))
+            if found is None:
+                raise ConfigError(
+                    f"--ckpt_path last: no readable checkpoint in {runs}/version_*/checkpoints/; run without "
+                    "--ckpt_path to start training, or give a checkpoint file"
+                )
+            rank_zero_info(f"{'resuming from' if subcommand == 'fit' else 'using'} {found}")
+            return found
+        if subcommand == "fit":
+            raise ConfigError("--ckpt_path best cannot resume training: use --ckpt_path last, or a checkpoint file")
+        runs_with_best = [p for p in runs.glob("version_*/checkpoints/best.ckpt") if p.parts[-3][8:].isdigit()]
+        if not runs_with_best:
+            raise ConfigError(
+                f"--ckpt_path best: no best.ckpt in {runs}/version_*/checkpoints/; train first, or give a checkpoint"
+            )
+        found = max(runs_with_best, key=lambda p: int(p.parts[-3][8:]))
+        rank_zero_info(f"using {found}")
+        return found
+
     def _parse_ckpt_path(self) -> None:
         """Read the checkpoint's hyperparameters (LightningCLI); an unreadable file is a configuration error."""
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt in ("last", "best"):
+            self.config[subcommand]["ckpt_path"] = str(self._experiment_checkpoint(ckpt, subcommand))
         try:
             super()._parse_ckpt_path()
         except Exception as err:
@@ -113,7 +149,7 @@ class LitTransferCLI(LightningCLI):
             ) from err
 
     def _experiment_name(self) -> str:
-        config = self.config.get(str(self.subcommand), self.config)
+        config = self.config.get(str(self.config.get("subcommand")), self.config)
         if config.get("experiment"):
             return str(config["experiment"])
         files = config.get("config") or []
@@ -140,10 +176,7 @@ class LitTransferCLI(LightningCLI):
                 "predict needs trained weights: pass --ckpt_path with a checkpoint of this experiment (or --ckpt_path "
                 "last for its newest); model.init_args.weights loads only a backbone, and the new head would be random"
             )
-        if ckpt == "last":
-            runs = Path(self._get(self.config, "runs_dir", "runs")) / self._experiment_name()
-            ckpt = newest_valid_checkpoint(sorted(runs.glob("version_*/checkpoints")))
-        if ckpt is None or "://" in str(ckpt) or not Path(ckpt).is_file():
+        if "://" in str(ckpt) or not Path(ckpt).is_file():
             return None  # reported by _resolve_ckpt_path
         try:
             state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
@@ -194,20 +227,10 @@ class LitTransferCLI(LightningCLI):
         if self.subcommand is None:
             return None
         ckpt = self.config_init[self.subcommand].get("ckpt_path")
-        if not ckpt or ckpt in ("best", "hpc", "registry"):
+        if not ckpt or ckpt in ("hpc", "registry"):
             return None
-        runs = Path(self._get(self.config, "runs_dir", "runs")) / self._experiment_name()
-        if ckpt == "last":
-            found = newest_valid_checkpoint(sorted(runs.glob("version_*/checkpoints")))
-            if found is None:
-                raise ConfigError(
-                    f"--ckpt_path last: no readable checkpoint in {runs}/version_*/checkpoints/; run without "
-                    "--ckpt_path to start training, or give a checkpoint file"
-                )
-            rank_zero_info(f"resuming from {found}")
-            ckpt = str(found)
-            self.config_init[self.subcommand]["ckpt_path"] = ckpt
-        elif "://" not in str(ckpt):
+        runs = self._runs()
+        if "://" not in str(ckpt):
             if not Path(ckpt).is_file():
                 raise ConfigError(f"--ckpt_path {ckpt!r} does not exist")
             reason = is_valid_checkpoint(ckpt)

@@ -172,3 +172,20 @@ def test_reports_are_configured_from_the_command_line(image_tree: Path, in_tmp: 
     events = EventAccumulator(str(in_tmp / "runs/thin/version_0"), size_guidance={"images": 0})
     events.Reload()
     assert len(events.Images("reports/confusion_matrix")) == 1  # the second validation only (the default: both)
+
+
+def test_best_ckpt_names_the_best_epoch_for_later_commands(image_tree: Path, in_tmp: Path) -> None:
+    by_loss = ("--checkpoint.monitor", "val_loss", "--checkpoint.mode", "min")
+    main(["fit", *tiny_args(image_tree, *by_loss, epochs=3)])
+    ckpts = run_dir(in_tmp) / "checkpoints"
+    last = torch.load(ckpts / "last.ckpt", weights_only=True)
+    state = next(v for k, v in last["callbacks"].items() if k.startswith("RunCheckpoint"))
+    best = Path(state["best_model_path"])
+    assert best.name.startswith("epoch") and best.is_file()
+    assert (ckpts / "best.ckpt").read_bytes() == best.read_bytes()  # the same file under a stable name
+    main(["validate", *tiny_args(image_tree), "--ckpt_path", "best"])  # in a new process: by the file's name
+    events = EventAccumulator(str(run_dir(in_tmp, 1)))
+    events.Reload()
+    assert events.Scalars("val_loss")[-1].value == pytest.approx(float(state["best_model_score"]), abs=1e-6)
+    main(["fit", *tiny_args(image_tree, *by_loss, epochs=4), "--ckpt_path", "last"])  # last.ckpt, never best.ckpt
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning_utilities.core.apply_func import apply_to_collection
 
 INTERRUPTED_NAME = "interrupted"
+BEST_NAME = "best"  # best.ckpt: always the best checkpoint by the monitored metric, for predict/export/validate
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -51,6 +53,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+    def link_checkpoint(self, source: Any, alias: Any) -> None:
+        """Make ``alias`` name the same file as ``source`` (a hard link, a copy where links fail), atomically."""
+        source, alias = Path(source), Path(alias)
+        tmp = alias.with_name(f".{alias.name}.tmp-{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        try:
+            try:
+                os.link(source, tmp)
+            except OSError:  # file systems without hard links
+                shutil.copyfile(source, tmp)
+            os.replace(tmp, alias)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise OSError(f"could not point {str(alias)!r} at {str(source)!r}: {err}") from err
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         """Load a checkpoint; pickled code is never executed (``weights_only=True`` whatever is asked)."""
@@ -98,6 +115,10 @@ class AsyncAtomicCheckpointIO(AtomicCheckpointIO):
         snapshot = apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().to("cpu", copy=True))
         self._submit(AtomicCheckpointIO.save_checkpoint, self, snapshot, path, storage_options)
 
+    def link_checkpoint(self, source: Any, alias: Any) -> None:
+        """Point ``alias`` at ``source`` once the saves queued before it are on disk."""
+        self._submit(AtomicCheckpointIO.link_checkpoint, self, source, alias)
+
     def remove_checkpoint(self, path: Any) -> None:
         """Remove ``path`` after the saves queued before it."""
         self._submit(AtomicCheckpointIO.remove_checkpoint, self, path)
@@ -139,7 +160,12 @@ def newest_valid_checkpoint(folders: list[Path]) -> Path | None:
 
     ``interrupted.ckpt`` (a mid-epoch SIGTERM save) is not an epoch-end checkpoint and is not considered.
     """
-    candidates = [p for folder in folders for p in folder.glob("*.ckpt") if not p.name.startswith(INTERRUPTED_NAME)]
+    candidates = [
+        p
+        for folder in folders
+        for p in folder.glob("*.ckpt")
+        if not p.name.startswith(INTERRUPTED_NAME) and p.stem != BEST_NAME  # best.ckpt is another name of a file
+    ]
     for path in sorted(candidates, key=lambda p: (p.stat().st_mtime, p.name.startswith("last")), reverse=True):
         reason = is_valid_checkpoint(path)
         if reason is None:
@@ -150,6 +176,9 @@ def newest_valid_checkpoint(folders: list[Path]) -> Path | None:
 
 class RunCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` whose ``last.ckpt`` follows every epoch and which saves ``interrupted.ckpt`` on SIGTERM.
+
+    ``best.ckpt`` always names the best checkpoint so far (a hard link, written after it), so commands run later in
+    another process (``predict``, ``export``, ``validate``) can use the best epoch by a stable name.
 
     Lightning 2.6 refreshes ``last.ckpt`` only when a top-k checkpoint was saved in the same step, so an epoch that
     does not improve the monitored metric would leave ``last.ckpt`` behind and a resume would repeat that epoch.
@@ -164,6 +193,13 @@ class RunCheckpoint(ModelCheckpoint):
             cached = (facts, super().state_key)
             self._state_key_cache = cached
         return cached[1]
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        if filepath == self.best_model_path and self.dirpath is not None and trainer.is_global_zero:
+            checkpoint_io = trainer.strategy.checkpoint_io
+            if isinstance(checkpoint_io, AtomicCheckpointIO) and "://" not in str(filepath):
+                checkpoint_io.link_checkpoint(filepath, os.path.join(self.dirpath, BEST_NAME + self.FILE_EXTENSION))
 
     def _refresh_last(self, trainer: pl.Trainer) -> None:
         if self.save_last and self._last_global_step_saved != trainer.global_step:
