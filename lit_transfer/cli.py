@@ -33,7 +33,7 @@ from lit_transfer.data import BaseImageDataModule
 from lit_transfer.data.checkpoint_classes import classes_from_checkpoint
 from lit_transfer.data.images import BadImageError
 from lit_transfer.models import TransferClassifier
-from lit_transfer.models.classifier import CheckpointMismatchError
+from lit_transfer.models.classifier import CheckpointMismatchError, check_single_balancing
 
 DEFAULT_SEED = 42
 
@@ -261,7 +261,11 @@ class LitTransferCLI(LightningCLI):
             raise ConfigError(str(err)) from err
 
     def before_fit(self) -> None:
-        """Check the data before training."""
+        """Check the data, and the model's settings against it, before training."""
+        try:
+            check_single_balancing(self.model.hparams.get("class_weights"), getattr(self.datamodule, "sampler", None))
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
         self._setup_data_early("fit")
 
     def before_validate(self) -> None:

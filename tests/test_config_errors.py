@@ -42,6 +42,7 @@ def config_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (("--model.init_args.freez", "backbone"), ["model.init_args.freez", "did you mean 'freeze'"]),
         (("--trainer.max_epohcs", "2"), ["--trainer.max_epohcs", "did you mean '--trainer.max_epochs'"]),
         (("--data.init_args.image_size", "big"), ["data.init_args.image_size", "int", "big"]),
+        (("--model.class_weights", "auto", "--data.sampler", "balanced"), ["class_weights: auto", "sampler: balanced"]),
         (("--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "2", "--model.cosine", "true"),
          ["--lr_scheduler StepLR", "cosine"]),
     ],

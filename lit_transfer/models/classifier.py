@@ -40,6 +40,16 @@ METRIC_FLUSH_BATCHES = 32  # batches whose metric inputs are buffered before one
 DEFAULT_OPTIMIZER: dict[str, Any] = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3, "weight_decay": 0.01}}
 
 
+def check_single_balancing(class_weights: Any, sampler: str | None) -> None:
+    """Refuse correcting class imbalance twice: inverse-frequency loss weights on top of class-balanced batches."""
+    if class_weights == "auto" and sampler == "balanced":
+        raise ValueError(
+            "model.init_args.class_weights: auto and data.init_args.sampler: balanced both correct class imbalance: "
+            "the balanced sampler already draws every class equally often, so the weights would over-weight rare "
+            "classes a second time. Use one of them (or give class_weights as a list to combine them on purpose)"
+        )
+
+
 class CheckpointMismatchError(ValueError):
     """A checkpoint that does not belong to this data (other classes); the CLI reports it as a configuration error."""
 
@@ -426,6 +436,7 @@ class TransferClassifier(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if stage != "fit" or datamodule is None:
             return
+        check_single_balancing(self.hparams.class_weights, getattr(datamodule, "sampler", None))
         if self.hparams.class_weights == "auto":
             # the labels trained on: RotNet's are its views' rotations, not its source images' (all 0)
             train_targets = getattr(datamodule, "train_targets", None)
