@@ -79,7 +79,7 @@ class EpochSampler(Sampler):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at every epoch start."""
+        """Called by Lightning at every epoch start, and by the data module when it builds a loader."""
         self.epoch = epoch
 
     def _order(self) -> list[int]:
@@ -534,6 +534,12 @@ class BaseImageDataModule(pl.LightningDataModule):
         world, rank = self._world()
         if sampler is None:
             sampler = EpochSampler(len(dataset), shuffle, self.seed, world, rank, pad=split == "train")
+        set_epoch = getattr(sampler, "set_epoch", None)
+        if set_epoch is not None:
+            # Lightning creates a new loader's iterator before it calls set_epoch, and loader workers draw their first
+            # indices from the sampler right then: left at epoch 0, the first epoch of a resumed run would replay
+            # epoch 0's order and augmentations (the issue-12 resume mismatch with workers)
+            set_epoch(self.loader_epoch())
         cached = self.feature_cache.dataset_for(self, split, dataset) if self.feature_cache is not None else None
         if cached is not None:
             # the same sampler over the cached features: the same batches as the image loader, without decoding
@@ -564,6 +570,13 @@ class BaseImageDataModule(pl.LightningDataModule):
         if self._auto_workers and trainer is not None and trainer.num_devices > 1:
             return max(1, self.num_workers // trainer.num_devices)  # the processes of a node share its cores
         return self.num_workers
+
+    def loader_epoch(self) -> int:
+        """The epoch a loader built now first iterates: the value Lightning passes to ``set_epoch`` next."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return trainer.fit_loop.epoch_progress.current.processed
 
     def _world(self) -> tuple[int, int]:
         """(number of processes, this process's rank); the data module shards loaders itself (see EpochSampler)."""

@@ -7,9 +7,9 @@ are re-exported here for tests that still import them from this file.
 from __future__ import annotations
 
 import pytest
-from userpath import USER_DEFAULTS, lit, lit_command, max_abs_diff, scalars, state_dict, user_args
+from userpath import USER_DEFAULTS, lit, lit_command, max_abs_diff, scalars, state_dict, user_args, write_tree
 
-__all__ = ["USER_DEFAULTS", "lit", "lit_command", "max_abs_diff", "scalars", "state_dict", "user_args"]
+__all__ = ["USER_DEFAULTS", "lit", "lit_command", "max_abs_diff", "scalars", "state_dict", "user_args", "write_tree"]
 
 
 @pytest.fixture

@@ -12,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 USER_DEFAULTS = ("--data.image_size", "32", "--data.batch_size", "4", "--data.num_workers", "2")
@@ -33,6 +35,19 @@ def user_args(
         "--experiment", experiment,
         *extra,
     ]  # fmt: skip
+
+
+def write_tree(root: Path, per_class: int = 8, size: tuple[int, int] = (40, 48), seed: int = 0) -> Path:
+    """``root/{red,green,blue}/img_NNN.png``: noisy 40x48 images whose dominant channel is the class (as
+    ``tests/conftest.py``'s ``make_tree``, for module-scoped fixtures, which cannot use its function-scoped ones)."""
+    rng = np.random.default_rng(seed)
+    for channel, name in enumerate(("red", "green", "blue")):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 60, (*size, 3), dtype=np.uint8)
+            pixels[..., channel] += 150
+            Image.fromarray(pixels).save(root / name / f"img_{i:03d}.png")
+    return root
 
 
 def lit_command(*args: str) -> list[str]:

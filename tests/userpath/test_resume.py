@@ -1,0 +1,97 @@
+"""The user's path: a resumed run finishes with the weights of an uninterrupted one, bit for bit, with loader workers.
+
+Issue 12: with workers (the default) the first epoch after ``--ckpt_path last`` replayed epoch 0's shuffle and
+augmentations, because the loader's workers drew their first indices before Lightning set the sampler's epoch. Every
+run here has the user's defaults (2 persistent workers, ``standard`` augmentation, progress bar, a BatchNorm
+backbone) plus dropout in the head, so every random stream of training is exercised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from userpath import lit, lit_command, max_abs_diff, state_dict, user_args, write_tree
+
+EPOCHS = 3
+# a dropout head; batches of 8 (3 steps an epoch on 18 training images) only to keep the five runs short
+EXTRA = ("--model.hidden_dims", "[16]", "--model.dropout", "0.5", "--data.batch_size", "8")
+
+
+def fit_args(root: Path, experiment: str, epochs: int = EPOCHS) -> list[str]:
+    """``fit`` of resnet18 at 32 px; everything else is the user's default."""
+    return ["fit", *user_args(root, *EXTRA, epochs=epochs, experiment=experiment)]
+
+
+def last_ckpt(work: Path, experiment: str) -> Path:
+    return work / "runs" / experiment / "version_0" / "checkpoints" / "last.ckpt"
+
+
+def assert_bitwise_equal(straight: Path, resumed: Path, context: str = "") -> None:
+    """Every tensor of the two checkpoints' state dicts is identical (max |Δw| in the message otherwise)."""
+    a, b = state_dict(straight), state_dict(resumed)
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"{len(differ)} tensors differ (first {differ[:3]}), max |Δw| {max_abs_diff(a, b)} {context}"
+
+
+def epoch_seconds(run_dir: Path) -> float:
+    """The shortest time between two validation ends of a run (its TensorBoard wall times): one epoch."""
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    ends = [e.wall_time for e in events.Scalars("val_loss")]
+    return min(b - a for a, b in itertools.pairwise(ends))
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny tree (3 classes x 8 images of 40x48) and one uninterrupted run of ``EPOCHS`` epochs on it."""
+    work = tmp_path_factory.mktemp("resume")
+    write_tree(work / "data", per_class=8)
+    lit(*fit_args(work / "data", "straight"), cwd=work)
+    assert torch.load(last_ckpt(work, "straight"), weights_only=True)["epoch"] == EPOCHS - 1
+    return work
+
+
+def test_stop_after_epoch_one_and_resume_is_bitwise_exact(work: Path) -> None:
+    lit(*fit_args(work / "data", "stopped", epochs=1), cwd=work)
+    lit(*fit_args(work / "data", "stopped"), "--ckpt_path", "last", cwd=work)
+    assert_bitwise_equal(last_ckpt(work, "straight"), last_ckpt(work, "stopped"))
+
+
+def test_kill_9_at_a_random_moment_then_resume_last_is_bitwise_exact(work: Path) -> None:
+    ckpt = last_ckpt(work, "killed")
+    # the first checkpoint appears early in epoch 1 and two epochs remain: a kill within 3/4 of an epoch lands in
+    # epoch 1 or early in epoch 2 (possibly while epoch 1's checkpoint is written), never after training ended
+    delay = random.Random().uniform(0.0, 0.75 * epoch_seconds(last_ckpt(work, "straight").parents[1]))
+    proc = subprocess.Popen(
+        lit_command(*fit_args(work / "data", "killed")), cwd=work, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ckpt.exists(), "the run wrote no checkpoint"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)  # the main process only, as `kill -9 PID` does
+        assert proc.wait() == -signal.SIGKILL, f"the run ended before it was killed {delay:.2f} s after a checkpoint"
+    finally:
+        # its loader workers were orphaned: end them (they would exit by themselves a few seconds later)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    resumed_after = torch.load(ckpt, weights_only=True)["epoch"]
+    when = f"(killed {delay:.2f} s after the first checkpoint, resumed after epoch {resumed_after})"
+    lit(*fit_args(work / "data", "killed"), "--ckpt_path", "last", cwd=work)
+    assert torch.load(ckpt, weights_only=True)["epoch"] == EPOCHS - 1
+    assert_bitwise_equal(last_ckpt(work, "straight"), ckpt, when)
