@@ -51,3 +51,26 @@ def test_a_rank_without_readable_validation_images_does_not_hang(tree_factory, t
     logged = scalars(tmp_path / "runs/user/version_0")
     assert len(logged["val_acc"]) == 2  # both epochs computed their metrics on both ranks
     assert (tmp_path / "runs/user/version_0/bad_images.csv").read_text().count("img_000.png") == 1
+
+
+def test_torchrun_launches_the_same_config(tree_factory, tmp_path: Path) -> None:
+    """``torchrun --nproc_per_node N -m lit_transfer fit ...`` (the README's form, with the CPU preset for 2)."""
+    import socket
+    import subprocess
+    import sys
+
+    root = tree_factory("digits", per_class=10)
+    with socket.socket() as s:  # a free port instead of torchrun's fixed default, so parallel test runs do not meet
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    result = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "--master_port", port, "-m", "lit_transfer", "fit", "--config", QUICKSTART,
+         "--config", CPU_DEBUG, "--data.init_args.root", str(root)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    runs = list((tmp_path / "runs").glob("*/version_*"))
+    assert len(runs) == 1 and (runs[0] / "checkpoints/last.ckpt").is_file()  # one run folder, written by rank 0
+    writers = {p.name.split(".")[-2] for p in runs[0].glob("events.out.tfevents.*")}
+    assert len(writers) == 1  # TensorBoard events from one process: rank 0 (fit and the test after it)
