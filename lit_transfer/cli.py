@@ -259,6 +259,16 @@ class LitTransferCLI(LightningCLI):
             self.datamodule.setup(stage)
         except (ValueError, FileNotFoundError, NotADirectoryError, BadImageError) as err:
             raise ConfigError(str(err)) from err
+        world = self.trainer.world_size
+        splits = {"fit": ("val",), "validate": ("val",), "test": ("test",), "predict": ("predict",)}[stage]
+        for split in splits if world > 1 else ():
+            size = len(getattr(self.datamodule, "_datasets", {}).get(split) or [])
+            if 0 < size < world:
+                # evaluation shards are not padded (no image counted twice), so some processes would get none
+                raise ConfigError(
+                    f"the {split} split has {size} image(s) for {world} processes: each process needs at least one. "
+                    "Use fewer devices for this data, or more images in the split"
+                )
 
     def before_fit(self) -> None:
         """Check the data, and the model's settings against it, before training."""

@@ -74,3 +74,13 @@ def test_torchrun_launches_the_same_config(tree_factory, tmp_path: Path) -> None
     assert len(runs) == 1 and (runs[0] / "checkpoints/last.ckpt").is_file()  # one run folder, written by rank 0
     writers = {p.name.split(".")[-2] for p in runs[0].glob("events.out.tfevents.*")}
     assert len(writers) == 1  # TensorBoard events from one process: rank 0 (fit and the test after it)
+
+
+def test_a_validation_split_smaller_than_the_processes_is_refused(tree_factory, tmp_path: Path) -> None:
+    train = tree_factory("train", per_class=6)
+    val = tree_factory("val", per_class=1, classes=("red",), seed=5)  # one image, two processes
+    args = user_args(train, "--data.val_dir", str(val), "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                     "--model.backbone", "smallcnn", epochs=1)  # fmt: skip
+    args[args.index("--data.root")] = "--data.train_dir"
+    result = lit("fit", *args, cwd=tmp_path, timeout=120, check=False)
+    assert result.returncode == 2 and "the val split has 1 image(s) for 2 processes" in result.stderr
