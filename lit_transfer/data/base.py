@@ -269,6 +269,7 @@ class BaseImageDataModule(pl.LightningDataModule):
         self._datasets: dict[str, ImageFilesDataset] = {}
         # set by the FeatureCache callback while a trainer runs: serves cached backbone features instead of images
         self.feature_cache: Any = None
+        self._told_drop_last = False
 
     @property
     def num_classes(self) -> int:
@@ -540,6 +541,16 @@ class BaseImageDataModule(pl.LightningDataModule):
             # indices from the sampler right then: left at epoch 0, the first epoch of a resumed run would replay
             # epoch 0's order and augmentations (the issue-12 resume mismatch with workers)
             set_epoch(self.loader_epoch())
+        # A last training batch of one image cannot train BatchNorm ("Expected more than 1 value per channel"), and
+        # would weigh one image as much as a whole batch: leave it out of that epoch (shuffling varies which image).
+        per_process = len(sampler)  # type: ignore[arg-type]
+        drop_last = split == "train" and self.batch_size > 1 and per_process % self.batch_size == 1
+        if drop_last and not self._told_drop_last:
+            self._told_drop_last = True
+            rank_zero_info(
+                f"each training epoch leaves out its last batch, which would hold a single image ({per_process} "
+                f"images per process, batch_size {self.batch_size})"
+            )
         cached = self.feature_cache.dataset_for(self, split, dataset) if self.feature_cache is not None else None
         if cached is not None:
             # the same sampler over the cached features: the same batches as the image loader, without decoding
@@ -549,6 +560,7 @@ class BaseImageDataModule(pl.LightningDataModule):
                 sampler=sampler,
                 num_workers=0,
                 collate_fn=keep_batch,
+                drop_last=drop_last,
                 pin_memory=pin,
                 generator=torch.Generator().manual_seed(self.seed),
             )
@@ -558,6 +570,7 @@ class BaseImageDataModule(pl.LightningDataModule):
             sampler=sampler,
             num_workers=workers,
             collate_fn=collate_skipping_bad,
+            drop_last=drop_last,
             pin_memory=pin,
             persistent_workers=self.persistent_workers and workers > 0,
             timeout=self.loader_timeout if workers > 0 else 0,

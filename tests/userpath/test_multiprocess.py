@@ -84,3 +84,4 @@ def test_a_validation_split_smaller_than_the_processes_is_refused(tree_factory, 
     args[args.index("--data.root")] = "--data.train_dir"
     result = lit("fit", *args, cwd=tmp_path, timeout=120, check=False)
     assert result.returncode == 2 and "the val split has 1 image(s) for 2 processes" in result.stderr
+
