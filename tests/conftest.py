@@ -1,4 +1,9 @@
-"""Shared fixtures: tiny generated image trees and a guard that makes any weight download fail."""
+"""Shared fixtures: tiny generated image trees and a guard that makes any weight download fail.
+
+Many tests call the CLI in-process with ``num_workers 0`` and the progress bar off, only to be fast; the defaults a
+user gets (loader workers, progress bar, separate processes, augmentation, a BatchNorm backbone) are what
+``tests/userpath/`` runs, for every path those tests cover: multi-process commands, exact resume, metrics, predict.
+"""
 
 from __future__ import annotations
 

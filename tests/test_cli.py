@@ -16,6 +16,7 @@ from lit_transfer.cli import main
 
 
 def tiny_args(root: Path, *extra: str, epochs: int = 1, backbone: str = "smallcnn") -> list[str]:
+    # no loader workers and no progress bar, only for speed: tests/userpath runs the CLI with both on
     return [
         "--data", "ImageFolderDataModule",
         "--data.root", str(root),

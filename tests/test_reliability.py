@@ -22,6 +22,8 @@ from lit_transfer.models import TransferClassifier
 
 
 def args_for(root: Path, *extra: str, epochs: int = 1, experiment: str = "rel") -> list[str]:
+    # no loader workers and no progress bar, only to keep these many runs short; tests/userpath runs the same paths
+    # (resume, kill -9, DDP) with both on
     return [
         "--data", "ImageFolderDataModule",
         "--data.root", str(root),

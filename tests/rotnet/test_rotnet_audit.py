@@ -18,7 +18,10 @@ from lit_transfer.rotnet_audit import (
 )
 
 CONFIGS = Path(__file__).parents[2] / "configs"
-SMALL = ["--audit.small", "true", "--audit.images", "200", "--audit.epochs", "2"]
+# 400 images: at 200 (42 validation images) two of six noise seeds put the safe geometry's best epoch just above
+# the limit (0.199, 0.202 against 0.197), which assumes the 8 views of an image are independent; at 400 all stay
+# at chance
+SMALL = ["--audit.small", "true", "--audit.images", "400", "--audit.epochs", "2"]
 
 
 def scores(output: str) -> list[tuple[float, float]]:
