@@ -27,7 +27,7 @@ from lit_transfer.callbacks import FeatureCache, PredictionWriter, RunCheckpoint
 from lit_transfer.callbacks.checkpoint import AsyncAtomicCheckpointIO, is_valid_checkpoint, newest_valid_checkpoint
 from lit_transfer.callbacks.progress import ThrottledProgressBar
 from lit_transfer.callbacks.reproducibility import EpochSeeder
-from lit_transfer.callbacks.signals import SigtermHandler
+from lit_transfer.callbacks.signals import SigtermHandler, sigterm_received
 from lit_transfer.config_errors import explain
 from lit_transfer.data import BaseImageDataModule
 from lit_transfer.data.checkpoint_classes import classes_from_checkpoint
@@ -425,6 +425,9 @@ def main(args: list[str] | None = None) -> None:
         print("lit_transfer: stopped by SIGTERM after saving interrupted.ckpt", file=sys.stderr)
         sys.exit(143)  # 128 + SIGTERM, what schedulers expect from a process ended by the signal
     except RuntimeError as err:
+        if sigterm_received():  # another rank stopped first and this one's collective broke off: the same stop
+            print(f"lit_transfer: stopped by SIGTERM ({str(err).splitlines()[0][:200]})", file=sys.stderr)
+            sys.exit(143)
         hint = loader_hint(str(err))
         if hint:
             print(f"lit_transfer: {hint}", file=sys.stderr)

@@ -91,7 +91,7 @@ def test_two_processes_predict_every_file_once(uneven_tree: Path, tmp_path: Path
     run(["fit", *base_args(uneven_tree, *DDP2)], tmp_path)
     run_dir = tmp_path / "runs/ddp/version_0"
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == sorted(
-        ["last.ckpt", *[p.name for p in (run_dir / "checkpoints").glob("epoch*.ckpt")]]
+        ["best.ckpt", "last.ckpt", *[p.name for p in (run_dir / "checkpoints").glob("epoch*.ckpt")]]
     )
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # one TensorBoard writer: rank 0's
     with open(run_dir / "split_manifest.csv") as f:

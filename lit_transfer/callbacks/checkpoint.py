@@ -17,6 +17,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning_utilities.core.apply_func import apply_to_collection
 
+from lit_transfer.callbacks.signals import sigterm_received
+
 INTERRUPTED_NAME = "interrupted"
 BEST_NAME = "best"  # best.ckpt: always the best checkpoint by the monitored metric, for predict/export/validate
 
@@ -219,7 +221,9 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """On SIGTERM (pre-emption, ``scancel``), save the progress of the current epoch as ``interrupted.ckpt``."""
-        if not isinstance(exception, SIGTERMException) or trainer.fast_dev_run or self.dirpath is None:
+        # after SIGTERM, a collective that fails because another rank has already stopped is part of the same stop
+        stopping = isinstance(exception, SIGTERMException) or sigterm_received()
+        if not stopping or trainer.fast_dev_run or self.dirpath is None:
             super().on_exception(trainer, pl_module, exception)
             return
         if not trainer.is_global_zero:

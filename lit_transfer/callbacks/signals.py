@@ -12,6 +12,16 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 GRACE_ENV = "LIT_TRANSFER_SIGTERM_GRACE"
+_RECEIVED = threading.Event()
+
+
+def sigterm_received() -> bool:
+    """Whether this process got SIGTERM during training.
+
+    Ranks stop at slightly different points after the signal, so a rank that is still in a collective when another
+    has already left fails with a connection error; that failure is part of the stop, not a crash.
+    """
+    return _RECEIVED.is_set()
 
 
 def start_watchdog() -> None:
@@ -45,6 +55,7 @@ class SigtermHandler(Callback):
         connector = trainer._signal_connector
 
         def handle(signum: int, frame: FrameType | None) -> None:
+            _RECEIVED.set()
             start_watchdog()
             if not connector.received_sigterm and trainer.strategy.launcher is not None:
                 trainer.strategy.launcher.kill(signum)
