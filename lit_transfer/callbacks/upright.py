@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image, ImageOps
 
 from lit_transfer.callbacks.predictions import PREDICTIONS_NAME, PredictionWriter
+from lit_transfer.data.rotnet import UPRIGHT_MARKER
 from lit_transfer.models.rotnet import class_angles
 
 # Exact, lossless turns for the multiples of 90° that undo a counter-clockwise rotation by that angle.
@@ -136,6 +137,8 @@ class RotationPredictionWriter(PredictionWriter):
                 cells: list[Any] = [os.path.join(str(root), rel), f"{angle:g}", f"{float(confidence[row]):.6f}"]
                 cells += [f"{float(p):.6f}" for p in probs[row]]
                 if upright:
+                    Path(upright).mkdir(parents=True, exist_ok=True)
+                    (Path(upright) / UPRIGHT_MARKER).touch()  # a later run may replace these copies, nothing else
                     written = Path(upright) / rel
                     write_upright_image(root / rel, written, angle)
                     cells.append(str(written))

@@ -222,6 +222,31 @@ class RotationGroupSampler(EpochSampler):
         return iter([(image * r + k, self.epoch) for image in self._order() for k in range(r)])
 
 
+UPRIGHT_MARKER = ".lit_transfer_upright"  # in a write_upright folder: its images were written by lit_transfer
+
+
+def check_upright_folder(write_upright: str, predict_dir: str | None) -> None:
+    """Refuse a ``write_upright`` folder that could overwrite or feed back the user's own images.
+
+    It must not be ``predict_dir``, inside it (the copies would be read as input next time) or above it (a copy could
+    land on an original), and an existing folder must be empty or one lit_transfer wrote before.
+    """
+    target = Path(write_upright).resolve()
+    if predict_dir:
+        source = Path(predict_dir).resolve()
+        if target == source or source in target.parents or target in source.parents:
+            raise ValueError(
+                f"data.write_upright {write_upright!r} overlaps data.predict_dir {predict_dir!r} (the same folder, "
+                "inside it or above it): the upright copies could overwrite originals or be read back as input. "
+                "Give a folder outside predict_dir"
+            )
+    if target.is_dir() and any(target.iterdir()) and not (target / UPRIGHT_MARKER).is_file():
+        raise ValueError(
+            f"data.write_upright {write_upright!r} already holds files that lit_transfer did not write; give an "
+            "empty or new folder, so none of them is overwritten"
+        )
+
+
 class RotNetDataModule(BaseImageDataModule):
     """Unlabeled images → rotated views labelled with their rotation: the RotNet pretext task.
 
@@ -327,8 +352,8 @@ class RotNetDataModule(BaseImageDataModule):
         for folder in self.roots if checkpoint_classes() is None else ():  # predict --ckpt_path reads no root
             if not Path(folder).is_dir():
                 raise FileNotFoundError(f"image folder {folder!r} does not exist or is not a directory")
-        if write_upright and predict_dir and Path(write_upright).resolve() == Path(predict_dir).resolve():
-            raise ValueError("data.write_upright must differ from data.predict_dir: the originals would be overwritten")
+        if write_upright:
+            check_upright_folder(write_upright, predict_dir)
         if all_rotations and batch_size % num_rotations:
             rank_zero_warn(
                 f"data.batch_size={batch_size} is not a multiple of data.num_rotations={num_rotations}: with "

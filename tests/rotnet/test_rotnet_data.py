@@ -170,7 +170,7 @@ def test_predict_gives_upright_views_indexed_by_file(unlabeled: Path) -> None:
     batch = next(iter(dm.predict_dataloader()))
     assert batch.targets.tolist() == list(range(5)) and batch.images.shape == (5, 3, 32, 32)
     assert [Path(p).name for p in dm.predict_paths] == [f"img_{i:03d}.png" for i in (1, 3, 5, 7, 9)]
-    with pytest.raises(ValueError, match="overwritten"):
+    with pytest.raises(ValueError, match="could overwrite originals"):
         RotNetDataModule(root=str(unlabeled), predict_dir=str(unlabeled), write_upright=str(unlabeled))
 
 

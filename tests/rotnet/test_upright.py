@@ -131,3 +131,41 @@ def test_binned_predictions_turn_photos_upright_by_the_bins_centre(tmp_path: Pat
         assert error < 2, f"{45 * k}°: {error:.2f} grey levels from upright"  # measured 0.77 (22.5° off: 15.5)
     with open(tmp_path / "run" / "predictions.csv") as f:
         assert [r["angle"] for r in csv.DictReader(f)] == [f"{45 * k}" for k in range(8)]
+
+
+@pytest.mark.parametrize("where", ["same", "parent", "inside", "foreign"])
+def test_write_upright_never_touches_the_users_images(
+    where: str, unlabeled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The upright folder may not be predict_dir, above it, inside it, or a folder of someone else's files."""
+    from lit_transfer.cli import main
+
+    photos = tmp_path / "album/photos"
+    photos.mkdir(parents=True)
+    Image.fromarray(asymmetric_image(32, 40)).save(photos / "a.png")
+    (tmp_path / "album/a.png").write_bytes(b"an unrelated original")  # what a parent target would overwrite
+    target = {"same": photos, "parent": tmp_path / "album", "inside": photos / "up", "foreign": tmp_path / "mine"}[
+        where
+    ]
+    if where == "foreign":
+        target.mkdir()
+        (target / "thesis.tex").write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--data", "lit_transfer.data.rotnet.RotNetDataModule", "--data.root", str(unlabeled),
+              "--data.predict_dir", str(photos), "--data.write_upright", str(target), "--model",
+              "lit_transfer.models.rotnet.RotNetClassifier", "--model.backbone", "smallcnn",
+              "--ckpt_path", str(tmp_path / "none.ckpt")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "data.write_upright" in err
+    assert (tmp_path / "album/a.png").read_bytes() == b"an unrelated original"
+    assert not (photos / "up").exists()
+
+
+def test_a_folder_written_by_the_upright_writer_may_be_written_again(unlabeled: Path, tmp_path: Path) -> None:
+    from lit_transfer.data.rotnet import UPRIGHT_MARKER, RotNetDataModule
+
+    out = tmp_path / "upright"
+    out.mkdir()
+    (out / "a.png").write_bytes(b"an earlier upright copy")
+    (out / UPRIGHT_MARKER).touch()
+    RotNetDataModule(root=str(unlabeled), predict_dir=str(unlabeled), write_upright=str(out))  # accepted
