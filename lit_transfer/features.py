@@ -31,6 +31,10 @@ FORMAT_VERSION = 1
 META_NAME = "meta.json"
 FEATURES_NAME = "features.npy"
 VALID_NAME = "valid.npy"
+INDICES_NAME = "indices.npy"
+# written into every entry (from the start of its extraction), so that clean-cache can tell it from other folders
+MARKER_NAME = ".lit_transfer-feature-cache"
+MARKER = {"lit_transfer": "feature_cache", "format": FORMAT_VERSION}
 
 
 class FeatureBatch(NamedTuple):
@@ -165,7 +169,7 @@ def extract_shard(
     if features is not None:
         features.flush()
         del features
-    np.save(out / "indices.npy", indices[:row])
+    np.save(out / INDICES_NAME, indices[:row])
     return width, bad
 
 
@@ -175,7 +179,7 @@ def assemble(parts: Sequence[Path], size: int, width: int, folder: Path) -> None
     features = np.lib.format.open_memmap(folder / FEATURES_NAME, mode="w+", dtype=np.float32, shape=(size, width))
     valid = np.zeros(size, dtype=bool)
     for part in parts:
-        indices = np.load(part / "indices.npy")
+        indices = np.load(part / INDICES_NAME)
         if len(indices) == 0:
             continue
         rows = np.load(part / FEATURES_NAME, mmap_mode="r")[: len(indices)]
@@ -195,8 +199,23 @@ def publish(build: Path, final: Path, meta: dict[str, Any]) -> None:
 
 
 def build_folder(root: Path, name: str) -> Path:
-    """A fresh temporary folder beside the final entry (same file system, so the rename is atomic)."""
-    return root / f".building-{name}-{uuid.uuid4().hex[:8]}"
+    """A fresh temporary folder beside the final entry (same file system, so the rename is atomic).
+
+    It is created with the cache's marker file in it, which the entry keeps once published: ``clean-cache`` deletes
+    only folders it can prove are the cache's own.
+    """
+    build = root / f".building-{name}-{uuid.uuid4().hex[:8]}"
+    build.mkdir(parents=True)
+    (build / MARKER_NAME).write_text(json.dumps(MARKER) + "\n")
+    return build
+
+
+def is_cache_marker(path: Path) -> bool:
+    """Whether ``path`` is a well-formed marker file (a regular file, not a link, holding :data:`MARKER`)."""
+    try:
+        return not path.is_symlink() and path.is_file() and json.loads(path.read_text()) == MARKER
+    except (OSError, ValueError):
+        return False
 
 
 def folder_size(folder: Path) -> int:

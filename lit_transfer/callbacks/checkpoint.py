@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +22,12 @@ from lit_transfer.callbacks.signals import sigterm_received
 
 INTERRUPTED_NAME = "interrupted"
 BEST_NAME = "best"  # best.ckpt: always the best checkpoint by the monitored metric, for predict/export/validate
+# the temporary name AtomicCheckpointIO writes beside a target: ".{name}.tmp-{pid}"
+TEMP_PATTERN = re.compile(r"^\.(?P<name>[^/]+\.ckpt)\.tmp-(?P<pid>[1-9][0-9]*)$")
+
+
+def _temp_name(target: Path) -> Path:
+    return target.with_name(f".{target.name}.tmp-{os.getpid()}")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -28,11 +35,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     The file is written beside its target under a temporary name, flushed and fsynced, then renamed over the target
     (and the folder fsynced), so a kill at any moment leaves either the old checkpoint or the new one, never half of
-    one; a folder that refuses writes is an error, not silence. Remote (fsspec URL) paths use Lightning's writer.
+    one; a folder that refuses writes is an error, not silence. After a failed write, removals of old checkpoints
+    and the ``best.ckpt`` alias are skipped, so a full disk never costs the last good checkpoint. Remote (fsspec
+    URL) paths use Lightning's writer.
     """
+
+    failed_save: str | None = None  # the first checkpoint whose write failed; removals and links are skipped after it
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         """Serialize ``checkpoint`` to ``path`` atomically."""
+        try:
+            self._save(checkpoint, path, storage_options)
+        except BaseException:
+            if self.failed_save is None:
+                self.failed_save = str(path)
+            raise
+
+    def _save(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None) -> None:
         if "://" in str(path):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
@@ -40,12 +59,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         target.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        tmp = _temp_name(target)
         try:
-            with open(tmp, "wb") as f:
-                f.write(buffer.getbuffer())
-                f.flush()
-                os.fsync(f.fileno())
+            self._write_file(tmp, buffer.getbuffer())
             os.replace(tmp, target)
         except OSError as err:
             tmp.unlink(missing_ok=True)
@@ -56,10 +72,35 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         finally:
             os.close(dir_fd)
 
+    @staticmethod
+    def _write_file(path: Path, data: memoryview) -> None:
+        """Write ``data`` to ``path`` and fsync it."""
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _skip_after_failure(self, what: str) -> bool:
+        # a removal or alias queued behind a save that failed would lose the only good checkpoint: keep the old files
+        if self.failed_save is None:
+            return False
+        rank_zero_warn(f"not {what}: writing checkpoint {self.failed_save!r} failed, so the older checkpoints are kept")
+        return True
+
+    def remove_checkpoint(self, path: Any) -> None:
+        """Remove ``path``, unless a checkpoint write failed before (then the old file is kept)."""
+        if not self._skip_after_failure(f"removing {str(path)!r}"):
+            super().remove_checkpoint(path)
+
     def link_checkpoint(self, source: Any, alias: Any) -> None:
-        """Make ``alias`` name the same file as ``source`` (a hard link, a copy where links fail), atomically."""
+        """Make ``alias`` name the same file as ``source`` (a hard link, a copy where links fail), atomically.
+
+        Skipped once a checkpoint write failed, so ``alias`` keeps naming the last checkpoint written in full.
+        """
         source, alias = Path(source), Path(alias)
-        tmp = alias.with_name(f".{alias.name}.tmp-{os.getpid()}")
+        if self._skip_after_failure(f"pointing {str(alias)!r} at {str(source)!r}"):
+            return
+        tmp = _temp_name(alias)
         tmp.unlink(missing_ok=True)
         try:
             try:
@@ -70,6 +111,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except OSError as err:
             tmp.unlink(missing_ok=True)
             raise OSError(f"could not point {str(alias)!r} at {str(source)!r}: {err}") from err
+
+    def teardown(self) -> None:
+        """End of a Trainer run: the failure, if any, was raised; a later run starts afresh."""
+        self.failed_save = None
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         """Load a checkpoint; pickled code is never executed (``weights_only=True`` whatever is asked)."""
@@ -118,11 +163,11 @@ class AsyncAtomicCheckpointIO(AtomicCheckpointIO):
         self._submit(AtomicCheckpointIO.save_checkpoint, self, snapshot, path, storage_options)
 
     def link_checkpoint(self, source: Any, alias: Any) -> None:
-        """Point ``alias`` at ``source`` once the saves queued before it are on disk."""
+        """Point ``alias`` at ``source`` once the saves queued before it are on disk (never if one of them failed)."""
         self._submit(AtomicCheckpointIO.link_checkpoint, self, source, alias)
 
     def remove_checkpoint(self, path: Any) -> None:
-        """Remove ``path`` after the saves queued before it."""
+        """Remove ``path`` after the saves queued before it (never if one of them failed)."""
         self._submit(AtomicCheckpointIO.remove_checkpoint, self, path)
 
     def wait(self) -> None:
@@ -144,6 +189,71 @@ class AsyncAtomicCheckpointIO(AtomicCheckpointIO):
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
+            super().teardown()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _pid_reused(pid: int, written: float) -> bool:
+    """Whether live process ``pid`` cannot be the writer of a file last written at ``written`` (epoch seconds).
+
+    Only when provably so: it started after the write and is no Python or lit_transfer process. Anything unknown
+    (no ``/proc``, unreadable) counts as the writer.
+    """
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").lower()
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(
+            int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line[:6] == "btime "
+        )
+    except (OSError, ValueError, IndexError, StopIteration):
+        return False
+    started = boot + ticks / os.sysconf("SC_CLK_TCK")
+    if any(word in cmdline for word in (b"python", b"lit_transfer", b"lit-transfer", b"torchrun")):
+        return False
+    return started > written + 2.0  # btime has one-second resolution
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporaries (``.{name}.ckpt.tmp-{pid}``) left in ``folder`` by writers killed mid-write.
+
+    A temporary is stale when its pid is not running, or is running but is a later, unrelated process (see
+    :func:`_pid_reused`); this process's own and those of any other live writer are kept. Returns what was deleted.
+    """
+    removed: list[Path] = []
+    try:
+        candidates = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for path in candidates:
+        match = TEMP_PATTERN.match(path.name)
+        if match is None or path.is_symlink() or not path.is_file():
+            continue
+        pid = int(match["pid"])
+        if pid == os.getpid():
+            continue
+        try:
+            written = path.stat().st_mtime
+            if _pid_alive(pid) and not _pid_reused(pid, written):
+                continue
+            path.unlink()
+        except OSError:
+            continue
+        removed.append(path)
+    if removed:
+        names = ", ".join(p.name for p in removed)
+        rank_zero_info(
+            f"removed {len(removed)} temporary file(s) of interrupted checkpoint writes in {folder}: {names}"
+        )
+    return removed
 
 
 def is_valid_checkpoint(path: str | Path) -> str | None:
@@ -195,6 +305,12 @@ class RunCheckpoint(ModelCheckpoint):
             cached = (facts, super().state_key)
             self._state_key_cache = cached
         return cached[1]
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Resolve the folder; before training writes into it, delete temporaries left by writers killed mid-write."""
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit" and trainer.is_global_zero and self.dirpath is not None and "://" not in str(self.dirpath):
+            remove_stale_temporaries(self.dirpath)
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
+import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import lightning.pytorch as pl
 import torch
@@ -288,17 +290,123 @@ def _gather_objects(item: Any, world: int) -> list[Any]:
     return out
 
 
+_ENTRY_FILES = frozenset({fc.META_NAME, fc.FEATURES_NAME, fc.VALID_NAME, fc.MARKER_NAME})
+_PART_FILES = frozenset({fc.FEATURES_NAME, fc.INDICES_NAME})
+_BUILDING = re.compile(r"^\.building-.+-[0-9a-f]{8}$")
+_PART = re.compile(r"^part-[0-9]+$")
+
+
+def _plain_files(folder: Path, allowed: frozenset[str], parts: bool = False) -> list[Path] | str:
+    """The files of ``folder`` when it holds only ``allowed`` regular files (and ``part-N`` shards), else why not."""
+    files: list[Path] = []
+    for child in sorted(folder.iterdir()):
+        if child.is_symlink():
+            return f"{child.name} is a symbolic link"
+        if parts and child.is_dir() and _PART.match(child.name):
+            inner = _plain_files(child, _PART_FILES)
+            if isinstance(inner, str):
+                return f"{child.name}/: {inner}"
+            files += [*inner, child]  # a shard's files, then the shard's folder
+        elif child.is_file() and child.name in allowed:
+            files.append(child)
+        else:
+            return f"{child.name} is not a file the cache writes"
+    return files
+
+
+def _entry_files(entry: Path) -> list[Path] | str:
+    """What to delete for ``entry`` (its files, then the folder) when it provably is a cache entry, else why not."""
+    if entry.is_symlink():
+        return "a symbolic link"
+    if not entry.is_dir():
+        return "not a file the cache writes"
+    if _BUILDING.match(entry.name):  # an extraction that was interrupted: no metadata yet, only the marker
+        if not fc.is_cache_marker(entry / fc.MARKER_NAME):
+            return f"named like an unfinished entry, but without a valid {fc.MARKER_NAME}"
+        files = _plain_files(entry, _ENTRY_FILES, parts=True)
+        return files if isinstance(files, str) else [*files, entry]
+    try:
+        meta = fc.read_meta(entry)
+    except (OSError, ValueError):
+        return f"no readable {fc.META_NAME}"
+    key = meta.get("key") if isinstance(meta, dict) else None
+    if not isinstance(key, str) or meta.get("complete") is not True or not isinstance(meta.get("parts"), dict):
+        return f"{fc.META_NAME} is not a feature cache entry's"
+    if not entry.name.endswith(f"-{key}") or fc.cache_key(meta["parts"]) != key:
+        return f"{fc.META_NAME} does not match the entry's name and key"
+    files = _plain_files(entry, _ENTRY_FILES)
+    return files if isinstance(files, str) else [*files, entry]
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        if path.is_dir():
+            path.rmdir()  # emptied just before: never recursive
+        else:
+            path.unlink()
+
+
 def clean_main(args: list[str]) -> None:
-    """``python -m lit_transfer clean-cache``: delete the feature cache folder."""
+    """``python -m lit_transfer clean-cache``: delete the entries of a feature cache, and nothing else.
+
+    Only what is provably the cache's own goes: entries whose ``meta.json`` matches their name and key and which
+    hold only the cache's files, unfinished entries holding the cache's marker, then the folder if nothing else is
+    left. A folder that is not a feature cache is refused (exit status 2) and left as it is;
+    anything else in a cache folder is kept and listed (exit status 2).
+    """
     parser = argparse.ArgumentParser(prog="lit_transfer clean-cache", description="Delete cached backbone features.")
-    parser.add_argument("--runs_dir", default="runs", help="runs folder whose feature_cache/ is deleted")
+    parser.add_argument("--runs_dir", default="runs", help="runs folder whose feature_cache/ is cleaned")
     parser.add_argument("--dir", default=None, help="cache folder (cache_features.dir), instead of --runs_dir's")
+    parser.add_argument(
+        "--dry-run", "--dry_run", action="store_true", help="list what would be deleted; delete nothing"
+    )
     options = parser.parse_args(args)
     folder = Path(options.dir) if options.dir else Path(options.runs_dir) / DEFAULT_DIR_NAME
-    if not folder.is_dir():
+    if not folder.exists() and not folder.is_symlink():
         print(f"no feature cache at {folder}")
         return
-    entries = [p for p in folder.iterdir() if p.is_dir()]
-    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-    shutil.rmtree(folder)
-    print(f"deleted {len(entries)} feature cache entries ({size / 2**20:.1f} MiB) in {folder}")
+    if folder.is_symlink() or not folder.is_dir():
+        _refuse(f"{folder} is not a folder")
+    own: list[tuple[Path, list[Path]]] = []
+    kept: list[str] = []
+    for child in sorted(folder.iterdir()):
+        found = _entry_files(child)
+        if isinstance(found, str):
+            kept.append(f"{child.name} ({found})")
+        else:
+            own.append((child, found))
+    if not own and not kept:
+        print(f"no feature cache entries in {folder}")
+        return
+    if not own:
+        hint = f"; did you mean --runs_dir {folder}?" if options.dir and (folder / DEFAULT_DIR_NAME).is_dir() else ""
+        _refuse(
+            f"refusing to clean {folder}: it is not a feature cache (no entry with a valid {fc.META_NAME} or "
+            f"{fc.MARKER_NAME}); nothing was deleted. It holds: {_listing(kept)}{hint}"
+        )
+    size = sum(f.stat().st_size for _, files in own for f in files if f.is_file())
+    entries = [e for e, _ in own if not e.name.startswith(".")]
+    for entry, files in own:
+        if options.dry_run:
+            print(f"would delete {entry}")
+        else:
+            _remove(files)
+    if not kept:  # nothing but the cache's own entries was in it
+        if options.dry_run:
+            print(f"would delete {folder}")
+        else:
+            folder.rmdir()
+    verb = "would delete" if options.dry_run else "deleted"
+    print(f"{verb} {len(entries)} feature cache entries ({size / 2**20:.1f} MiB) in {folder}")
+    if kept:
+        _refuse(f"kept {folder}: it holds files that are not the feature cache's: {_listing(kept)}")
+
+
+def _listing(items: list[str], most: int = 8) -> str:
+    more = f", and {len(items) - most} more" if len(items) > most else ""
+    return ", ".join(items[:most]) + more if items else "nothing"
+
+
+def _refuse(message: str) -> NoReturn:
+    print(f"lit_transfer clean-cache: {message}", file=sys.stderr)
+    sys.exit(2)
