@@ -6,6 +6,7 @@ import csv
 import hashlib
 import math
 import os
+import unicodedata
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -15,7 +16,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lit_transfer.data.images import BadImageError, check_image_header, find_images, load_rgb
+from lit_transfer.data.images import BadImageError, check_image_header, collect_unreadable, find_images, load_rgb
 from lit_transfer.data.sampler import BalancedSampler
 from lit_transfer.data.splits import Sample, group_by_split, manifest_hash, write_manifest
 from lit_transfer.data.transforms import Transform, eval_transform, train_transform
@@ -313,8 +314,10 @@ class BaseImageDataModule(pl.LightningDataModule):
         self._write_run_files()
 
     def _scan(self, stage: str) -> tuple[Path, list[Sample], list[BadSample], Any]:
-        data_root, samples = self.build_samples()
+        with collect_unreadable() as unreadable:
+            data_root, samples = self.build_samples()
         self.data_root = data_root
+        self._report_unreadable_folders(unreadable)
         samples = self._screen(samples)
         by_split = group_by_split(samples)
         counts = ", ".join(f"{s} {len(by_split.get(s, []))}" for s in ("train", "val", "test"))
@@ -323,6 +326,24 @@ class BaseImageDataModule(pl.LightningDataModule):
         if stage == "fit" and self.normalize == "dataset" and normalization is None:
             normalization = self._dataset_statistics(samples)
         return data_root, samples, list(self.bad_found), normalization
+
+    def _report_unreadable_folders(self, folders: list[tuple[str, str]]) -> None:
+        """Folders the scan could not list: an error under ``bad_images: error``, else a warning and CSV rows."""
+        new = [BadSample(path, "", reason) for path, reason in folders if path not in self._reported]
+        if not new:
+            return
+        listing = "; ".join(f"{b.path} ({b.reason})" for b in new[:10]) + (" …" if len(new) > 10 else "")
+        if self.bad_images == "error":
+            raise BadImageError(
+                f"{len(new)} folder(s) cannot be read, so their images would be left out: {listing}. Fix the "
+                "permissions, or set data.init_args.bad_images: skip"
+            )
+        self.bad_found += new
+        self._reported |= {b.path for b in new}
+        rank_zero_warn(
+            f"{len(new)} folder(s) cannot be read and their images are left out: {listing}; listed in "
+            f"{BAD_IMAGES_NAME} in the run folder"
+        )
 
     def _is_rank_zero(self) -> bool:
         return self.trainer is None or self.trainer.is_global_zero
@@ -348,7 +369,9 @@ class BaseImageDataModule(pl.LightningDataModule):
         )
 
     def _scan_predict_dir(self) -> list[str]:
-        found = find_images(self.predict_dir)  # type: ignore[arg-type]
+        with collect_unreadable() as unreadable:
+            found = find_images(self.predict_dir)  # type: ignore[arg-type]
+        self._report_unreadable_folders(unreadable)
         if not found:
             raise ValueError(f"data.predict_dir {self.predict_dir!r} holds no image files")
         samples = [Sample(p, i, "predict") for i, p in enumerate(found)]
@@ -481,41 +504,69 @@ class BaseImageDataModule(pl.LightningDataModule):
     # --- checkpoint state: the split manifest ---------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """The split assignment, stored in checkpoints so resume and test use the same splits."""
+        """The split assignment, stored in checkpoints so resume and test use the same splits.
+
+        Plain lists, never strings joined with separators, so any character of a file or class name survives, and
+        the checkpoint still loads with ``torch.load(weights_only=True)``.
+        """
         if not self.samples:
             return {}
-        rows = "\n".join(f"{s.split}\t{self.class_names[s.label]}\t{s.path}" for s in self.samples)
-        return {"class_names": list(self.class_names), "manifest": rows}
+        manifest = {
+            "paths": [s.path for s in self.samples],
+            "labels": [s.label for s in self.samples],
+            "splits": [s.split for s in self.samples],
+        }
+        return {"class_names": list(self.class_names), "manifest": manifest}
+
+    def _saved_samples(self, state: dict[str, Any]) -> list[Sample]:
+        manifest = state["manifest"]
+        if isinstance(manifest, dict):
+            columns = zip(manifest["paths"], manifest["labels"], manifest["splits"], strict=True)
+            return [Sample(path, int(label), split) for path, label, split in columns]
+        # checkpoints written before the list format: "split\tclass\tpath" rows joined by newlines
+        index = {name: i for i, name in enumerate(self.class_names)}
+        saved = []
+        for row in manifest.split("\n"):
+            split, name, path = row.split("\t", 2)
+            saved.append(Sample(path, index[name], split))
+        return saved
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Reuse a checkpoint's split assignment, after checking the files on disk are the same."""
+        """Reuse a checkpoint's split assignment, after checking the files on disk are the same.
+
+        Paths compare in Unicode NFC form: files renamed from NFD (macOS) to NFC (Linux) are the same files, and keep
+        the checkpoint's splits under the names they have on disk now.
+        """
         if not state or "manifest" not in state:
             return
         if list(state["class_names"]) != self.class_names:
             raise ValueError(
                 f"the checkpoint's classes {state['class_names']} differ from the data's {self.class_names}"
             )
-        index = {name: i for i, name in enumerate(self.class_names)}
-        saved = []
-        for row in state["manifest"].split("\n"):
-            split, name, path = row.split("\t", 2)
-            saved.append(Sample(path, index[name], split))
+        saved = self._saved_samples(state)
         if not self.samples:
             self.samples = saved
             self._build_datasets()
             return
-        current = {(s.path, s.label) for s in self.samples}
-        before = {(s.path, s.label) for s in saved}
-        if current != before:
-            added = sorted(p for p, _ in current - before)
-            removed = sorted(p for p, _ in before - current)
+
+        # two files whose names differ only in Unicode form are compared as they are
+        nfc = len({(unicodedata.normalize("NFC", s.path), s.label) for s in self.samples}) == len(self.samples)
+
+        def key(path: str) -> str:
+            return unicodedata.normalize("NFC", path) if nfc else path
+
+        on_disk = {(key(s.path), s.label): s.path for s in self.samples}
+        before = {(key(s.path), s.label) for s in saved}
+        if on_disk.keys() != before:
+            added = sorted(p for p, _ in on_disk.keys() - before)
+            removed = sorted(p for p, _ in before - on_disk.keys())
             raise ValueError(
                 f"the data changed since the checkpoint was written: {len(added)} file(s) added {added[:5]}, "
                 f"{len(removed)} removed or relabelled {removed[:5]}. Restore the files or start a new run"
             )
-        if {(s.path, s.split) for s in self.samples} != {(s.path, s.split) for s in saved}:
+        if {(key(s.path), s.split) for s in self.samples} != {(key(s.path), s.split) for s in saved}:
             rank_zero_warn("the split settings changed since the checkpoint; keeping the checkpoint's splits")
-        self.samples = saved
+        self.samples = [Sample(on_disk[(key(s.path), s.label)], s.label, s.split) for s in saved]
         self._build_datasets()
         self._written_to = None
         self._write_run_files()

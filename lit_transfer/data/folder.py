@@ -3,26 +3,72 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Literal
 
 from lit_transfer.data.base import BadImagePolicy, BaseImageDataModule
 from lit_transfer.data.checkpoint_classes import checkpoint_classes
-from lit_transfer.data.images import class_dirs, find_images, list_class_dirs
+from lit_transfer.data.images import (
+    class_dirs,
+    find_images,
+    list_class_dirs,
+    report_unreadable,
+    walk_images,
+    warn_links,
+)
 from lit_transfer.data.splits import Sample, stratified_split
 
 
 def scan_class_folders(folder: Path, class_names: list[str]) -> dict[str, list[str]]:
-    """Image files per class below ``folder``, relative to ``folder``; an empty class folder is an error."""
+    """Image files per class below ``folder``, relative to ``folder``; an empty class folder is an error.
+
+    Each real file belongs to one class only: a file that links make reachable from several class folders stays in
+    the class whose folder really holds it (else the first such class), and one warning names an example.
+    """
     dirs = class_dirs(folder)
-    files: dict[str, list[str]] = {}
-    for name in class_names:
-        found = find_images(folder / dirs[name])
-        if not found:
+    owners: dict[str, tuple[tuple[bool, bool, int], str, str]] = {}  # real path -> (preference, class, path)
+    shared, example = 0, ("", "")
+    for order, name in enumerate(class_names):
+        class_folder = folder / dirs[name]
+        walk = walk_images(class_folder)
+        warn_links(class_folder, walk)
+        if walk.unreadable and walk.unreadable[0][0] == str(class_folder):
+            raise ValueError(f"class folder {str(class_folder)!r} cannot be read ({walk.unreadable[0][1]})")
+        report_unreadable(walk.unreadable)
+        if not walk.images:
             raise ValueError(
-                f"class folder {str(folder / dirs[name])!r} holds no image files; add images or remove the folder"
+                f"class folder {str(class_folder)!r} holds no image files; add images or remove the folder"
             )
-        files[name] = [f"{dirs[name]}/{p}" for p in found]
+        inside = os.path.realpath(class_folder) + os.sep
+        for image in walk.images:
+            rank = (not image.real.startswith(inside), image.via_link, order)
+            path = f"{dirs[name]}/{image.rel}"
+            if image.real not in owners:
+                owners[image.real] = (rank, name, path)
+                continue
+            shared += 1
+            if rank < owners[image.real][0]:
+                example = (owners[image.real][2], path)
+                owners[image.real] = (rank, name, path)
+            else:
+                example = (path, owners[image.real][2])
+    if shared:
+        warnings.warn(
+            f"{shared} image(s) below {str(folder)!r} are reachable from more than one class folder through symbolic "
+            f"links; each is used once, in the class folder that holds it (e.g. {example[0]!r} is {example[1]!r})",
+            stacklevel=2,
+        )
+    files: dict[str, list[str]] = {name: [] for name in class_names}
+    for _, name, path in owners.values():
+        files[name].append(path)
+    for name in class_names:
+        files[name].sort()
+        if not files[name]:
+            raise ValueError(
+                f"class folder {str(folder / dirs[name])!r} holds only links to images of other classes; add images "
+                "or remove the folder"
+            )
     return files
 
 

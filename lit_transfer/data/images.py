@@ -6,8 +6,11 @@ import math
 import os
 import unicodedata
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -84,39 +87,132 @@ def list_class_dirs(root: str | Path) -> list[str]:
     return list(class_dirs(root))
 
 
+class ImageFile(NamedTuple):
+    """One image found by :func:`walk_images`: its path relative to the walked folder and its real path."""
+
+    rel: str
+    real: str
+    via_link: bool  # reached through a symbolic link (of the file or of a folder above it)
+
+
+class Walk(NamedTuple):
+    """What :func:`walk_images` found: images (one name per real file), links not followed, unreadable folders."""
+
+    images: list[ImageFile]
+    loops: list[tuple[str, str]]  # (link relative to the folder, the real folder it leads to)
+    aliases: list[tuple[str, str]]  # (name kept, other name of the same file)
+    unreadable: list[tuple[str, str]]  # (folder, reason)
+
+
+_UNREADABLE: ContextVar[list[tuple[str, str]] | None] = ContextVar("lit_transfer_unreadable_folders", default=None)
+
+
+@contextmanager
+def collect_unreadable() -> Iterator[list[tuple[str, str]]]:
+    """While active, :func:`find_images` appends folders it cannot list, as ``(folder, reason)``, instead of warning."""
+    found: list[tuple[str, str]] = []
+    token = _UNREADABLE.set(found)
+    try:
+        yield found
+    finally:
+        _UNREADABLE.reset(token)
+
+
+def report_unreadable(folders: Sequence[tuple[str, str]]) -> None:
+    """Hand unreadable folders to the active :func:`collect_unreadable`, or warn naming them."""
+    sink = _UNREADABLE.get()
+    if sink is not None:
+        sink.extend(folders)
+    elif folders:
+        listing = "; ".join(f"{path} ({reason})" for path, reason in folders[:5])
+        warnings.warn(f"{len(folders)} folder(s) cannot be read and their images are left out: {listing}", stacklevel=3)
+
+
+def walk_images(folder: str | Path, extensions: Iterable[str] = IMG_EXTENSIONS) -> Walk:
+    """Every image file below ``folder``, each real file once, following symbolic links safely.
+
+    Real folders are walked before linked ones, and of several names for one file the one reached without a link
+    (then the first in sorted order) is kept, so the names never depend on the listing order. A link to a folder
+    already walked, or to ``folder`` itself or one of its ancestors (a loop), is not followed. Folders that cannot
+    be listed are returned, not raised.
+    """
+    folder = Path(folder)
+    extensions = tuple(extensions)
+    top_real = os.path.realpath(folder)
+    blocked = {top_real, *map(str, Path(top_real).parents)}
+    visited: set[str] = set()
+    candidates: dict[str, list[tuple[bool, str]]] = {}
+    loops: list[tuple[str, str]] = []
+    unreadable: list[tuple[str, str]] = []
+    # (path on disk, path relative to folder, real path, reached through a link); links wait until real folders are done
+    pending: list[tuple[str, str, str, bool]] = [(str(folder), "", top_real, False)]
+    linked: list[tuple[str, str, str, bool]] = []
+    while pending or linked:
+        dirpath, rel_dir, real_dir, via_link = pending.pop() if pending else linked.pop(0)
+        if real_dir in visited or (rel_dir and real_dir in blocked):
+            loops.append((rel_dir, real_dir))
+            continue
+        visited.add(real_dir)
+        try:
+            with os.scandir(dirpath) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as err:
+            unreadable.append((dirpath, f"unreadable folder: {type(err).__name__}: {err.strerror or err}"))
+            continue
+        subdirs = []
+        for entry in entries:
+            if is_hidden(entry.name):
+                continue
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            try:
+                is_link, is_dir = entry.is_symlink(), entry.is_dir()
+            except OSError:
+                continue
+            if is_dir:
+                real = os.path.realpath(entry.path) if is_link else os.path.join(real_dir, entry.name)
+                subdirs.append((entry.path, rel, real, via_link or is_link))
+            elif is_image_file(entry.name, extensions):
+                real = os.path.realpath(entry.path) if is_link else os.path.join(real_dir, entry.name)
+                candidates.setdefault(real, []).append((via_link or is_link, rel))
+        pending += [d for d in reversed(subdirs) if not d[3]]  # popped from the end: walked in sorted order
+        linked += sorted(d for d in subdirs if d[3])
+    images, aliases = [], []
+    for real, names in candidates.items():
+        names.sort()
+        images.append(ImageFile(names[0][1], real, names[0][0]))
+        aliases += [(names[0][1], rel) for _, rel in names[1:]]
+    return Walk(sorted(images), sorted(loops), sorted(aliases), unreadable)
+
+
+def warn_links(folder: str | Path, walk: Walk) -> None:
+    """One warning for the links :func:`walk_images` did not follow, one for images reachable by several names."""
+    if walk.loops:
+        link, real = walk.loops[0]
+        warnings.warn(
+            f"{len(walk.loops)} symbolic link(s) below {str(folder)!r} lead to a folder already scanned or to one "
+            f"containing it (a loop) and are not followed (e.g. {link!r} -> {real!r})",
+            stacklevel=3,
+        )
+    if walk.aliases:
+        kept, other = walk.aliases[0]
+        warnings.warn(
+            f"{len(walk.aliases)} image(s) below {str(folder)!r} are reachable through more than one path (symbolic "
+            f"links); each is used once, under its first name (e.g. {other!r} is {kept!r})",
+            stacklevel=3,
+        )
+
+
 def find_images(folder: str | Path, extensions: Iterable[str] = IMG_EXTENSIONS) -> list[str]:
     """All image files below ``folder`` as sorted POSIX paths relative to it.
 
     Hidden folders are skipped, links are followed once and files are de-duplicated by their real path, so a
-    symlink loop can neither hang the scan nor count an image twice.
+    symlink loop can neither hang the scan nor count an image twice; links leading back to ``folder`` or above are
+    never followed. Folders that cannot be read are reported (see :func:`collect_unreadable`), not silently dropped.
     """
-    folder = Path(folder)
-    extensions = tuple(extensions)
-    found: dict[str, str] = {}
-    aliases: list[tuple[str, str]] = []
-    seen_dirs: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        real_dir = os.path.realpath(dirpath)
-        if real_dir in seen_dirs:
-            dirnames[:] = []
-            continue
-        seen_dirs.add(real_dir)
-        # Sorted, so which of two names for one file is kept does not depend on the file system's listing order.
-        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            if is_image_file(name, extensions):
-                rel = Path(full).relative_to(folder).as_posix()
-                kept = found.setdefault(os.path.realpath(full), rel)
-                if kept != rel:
-                    aliases.append((kept, rel))
-    if aliases:
-        warnings.warn(
-            f"{len(aliases)} image(s) below {str(folder)!r} are reachable through more than one path (symbolic "
-            f"links); each is used once, under its first name (e.g. {aliases[0][1]!r} is {aliases[0][0]!r})",
-            stacklevel=2,
-        )
-    return sorted(found.values())
+    walk = walk_images(folder, extensions)
+    warn_links(folder, walk)
+    report_unreadable(walk.unreadable)
+    return [image.rel for image in walk.images]
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

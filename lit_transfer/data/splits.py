@@ -124,10 +124,14 @@ def read_manifest(path: str | Path, class_names: Sequence[str]) -> list[Sample]:
 
 
 def manifest_hash(samples: Sequence[Sample], class_names: Sequence[str]) -> str:
-    """A short content hash of a split assignment, stored in checkpoints to tie them to their data."""
+    """A short content hash of a split assignment, stored in checkpoints to tie them to their data.
+
+    Paths are NFC-normalized, so the same files named in NFD (macOS) or NFC (Linux) give the same hash.
+    """
     h = hashlib.sha256()
-    for s in sorted(samples, key=lambda s: (s.split, s.path)):
-        h.update(f"{s.path}\t{class_names[s.label]}\t{s.split}\n".encode())
+    rows = sorted((s.split, unicodedata.normalize("NFC", s.path), class_names[s.label]) for s in samples)
+    for split, path, name in rows:
+        h.update(f"{path}\t{name}\t{split}\n".encode())
     return h.hexdigest()[:16]
 
 
