@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import itertools
 import logging
 import os
 import signal
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentError, Namespace
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Trainer
@@ -20,7 +23,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, LRSchedulerTypeTuple
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from torch.optim import Optimizer
 
 from lit_transfer.callbacks import FeatureCache, PredictionWriter, RunCheckpoint, TensorBoardReports
@@ -32,8 +35,9 @@ from lit_transfer.config_errors import explain
 from lit_transfer.data import BaseImageDataModule
 from lit_transfer.data.checkpoint_classes import classes_from_checkpoint
 from lit_transfer.data.images import BadImageError
-from lit_transfer.models import TransferClassifier
-from lit_transfer.models.classifier import CheckpointMismatchError, check_single_balancing
+from lit_transfer.export import MODEL_CLASSES, refuse_unknown_class
+from lit_transfer.models import RotNetClassifier, TransferClassifier
+from lit_transfer.models.classifier import DEFAULT_OPTIMIZER, CheckpointMismatchError, check_single_balancing
 
 DEFAULT_SEED = 42
 
@@ -98,7 +102,16 @@ class LitTransferCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
-            raise ConfigError(explain(str(err), _option_strings(parser, args))) from None
+            problem = _config_file_problem(args)
+            if problem is not None:
+                raise ConfigError(problem) from None
+            retry = _with_default_optimizer(args, str(err))
+            if retry is None:
+                raise ConfigError(explain(str(err), _option_strings(parser, args))) from None
+            try:  # --optimizer.lr with no optimizer class anywhere: the documented default, AdamW, is meant
+                super().parse_arguments(parser, retry)
+            except ArgumentError as again:
+                raise ConfigError(explain(str(again), _option_strings(parser, retry))) from None
 
     def _runs(self) -> Path:
         """The experiment's folder of runs: ``<runs_dir>/<experiment>``."""
@@ -138,15 +151,40 @@ class LitTransferCLI(LightningCLI):
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt in ("last", "best"):
             self.config[subcommand]["ckpt_path"] = str(self._experiment_checkpoint(ckpt, subcommand))
+        self._check_checkpoint_class()
         try:
             super()._parse_ckpt_path()
         except Exception as err:
             ckpt = self.config[self.config.subcommand].get("ckpt_path")
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            reason = _load_failure(str(ckpt), err)
             raise ConfigError(
                 f"--ckpt_path {ckpt!r} cannot be loaded with weights_only=True ({reason}); use a checkpoint written "
                 "by lit_transfer, or --ckpt_path last to take the newest readable checkpoint of this experiment"
             ) from err
+
+    def _check_checkpoint_class(self) -> None:
+        """Refuse a checkpoint whose ``_class_path`` is not a lit_transfer model or the class the config names.
+
+        LightningCLI would import whatever module the checkpoint names (running a ``.py`` file shipped beside it);
+        the class is checked by name, before anything is imported.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt or "://" in str(ckpt) or not Path(ckpt).is_file():
+            return
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # reported by super()._parse_ckpt_path
+            return
+        hparams = state.get("hyper_parameters") if isinstance(state, dict) else None
+        class_path = hparams.get("_class_path") if isinstance(hparams, dict) else None
+        if not class_path:
+            return
+        model = self.config[subcommand].get("model")
+        configured = model.get("class_path") if isinstance(model, Namespace | dict) else None
+        if class_path in MODEL_CLASSES or class_path == configured:
+            return
+        raise ConfigError(f"--ckpt_path {ckpt!r}: {refuse_unknown_class(str(class_path))}")
 
     def _experiment_name(self) -> str:
         config = self.config.get(str(self.config.get("subcommand")), self.config)
@@ -157,11 +195,20 @@ class LitTransferCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         """Instantiate data, model and trainer; a failure here is a configuration error, reported cleanly."""
+        name = self._experiment_name()
+        if len(name.encode()) > 255 - len(".tmp"):  # one path component; the run folder is named after it
+            raise ConfigError(
+                f"--experiment {name[:40]!r}… is {len(name.encode())} bytes: too long for a folder name; use at "
+                "most 250"
+            )
         try:
             with classes_from_checkpoint(self._predict_checkpoint_classes()):
                 super().instantiate_classes()
         except (ValueError, FileNotFoundError, NotADirectoryError, KeyError, TypeError) as err:
             raise ConfigError(explain(str(err))) from err
+        except MisconfigurationException as err:  # a bad checkpoint.mode, an accelerator this machine lacks, …
+            text = " ".join(str(err).split())
+            raise ConfigError(f"checkpoint.mode: {text}" if text.startswith("`mode` can be") else text) from err
 
     def _predict_checkpoint_classes(self) -> list[str] | None:
         """For ``predict``: the checkpoint's class names, so the training data need not be there.
@@ -231,6 +278,11 @@ class LitTransferCLI(LightningCLI):
             return None
         runs = self._runs()
         if "://" not in str(ckpt):
+            if Path(ckpt).is_dir():
+                raise ConfigError(
+                    f"--ckpt_path {ckpt!r} is a folder, not a checkpoint file: give a .ckpt file in it (a run's "
+                    "checkpoints/last.ckpt or best.ckpt), or --ckpt_path last (or best) for this experiment's newest"
+                )
             if not Path(ckpt).is_file():
                 raise ConfigError(f"--ckpt_path {ckpt!r} does not exist")
             reason = is_valid_checkpoint(ckpt)
@@ -261,6 +313,8 @@ class LitTransferCLI(LightningCLI):
             raise ConfigError(str(err)) from err
         world = self.trainer.world_size
         splits = {"fit": ("val",), "validate": ("val",), "test": ("test",), "predict": ("predict",)}[stage]
+        if stage != "predict":
+            self._check_split_not_empty(splits[0])
         for split in splits if world > 1 else ():
             size = len(getattr(self.datamodule, "_datasets", {}).get(split) or [])
             if 0 < size < world:
@@ -270,13 +324,67 @@ class LitTransferCLI(LightningCLI):
                     "Use fewer devices for this data, or more images in the split"
                 )
 
+    def _check_split_not_empty(self, split: str) -> None:
+        """Refuse an empty val or test split before anything runs; with a checkpoint, its split (which wins) counts.
+
+        Training without validation is not offered: the default checkpointing monitors ``val_acc``.
+        """
+        ckpt = self.config_init[self.subcommand].get("ckpt_path") if self.subcommand else None
+        saved = self._checkpoint_samples(ckpt) if ckpt else None
+        if saved is not None and not any(s.split == split for s in saved):
+            raise ConfigError(
+                f"--ckpt_path {ckpt!r} was trained with no {split} images, and its split replaces the one "
+                f"data.init_args.{split}_fraction asks for now (so no image it trained on is evaluated): the split "
+                f"changed. Train a new run with data.init_args.{split}_fraction > 0 to {self.subcommand} on it"
+            )
+        if saved is None and not len(getattr(self.datamodule, "_datasets", {}).get(split) or []):
+            raise ConfigError(
+                f"the {split} split is empty (data.init_args.{split}_fraction 0 and no {split} folder): give "
+                f"data.init_args.{split}_fraction > 0 (e.g. 0.2), or a {split} folder with data.init_args.{split}_dir"
+            )
+
+    def _checkpoint_samples(self, ckpt: str) -> list[Any] | None:
+        """The split manifest a checkpoint stores for this data module, or ``None`` when it has none."""
+        if "://" in str(ckpt) or not Path(ckpt).is_file() or not hasattr(self.datamodule, "_saved_samples"):
+            return None
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+            entry = state.get(type(self.datamodule).__qualname__)
+            return self.datamodule._saved_samples(entry) if isinstance(entry, dict) and "manifest" in entry else None
+        except Exception:  # an unreadable checkpoint is reported where it is loaded
+            return None
+
     def before_fit(self) -> None:
         """Check the data, and the model's settings against it, before training."""
         try:
             check_single_balancing(self.model.hparams.get("class_weights"), getattr(self.datamodule, "sampler", None))
         except ValueError as err:
             raise ConfigError(str(err)) from err
+        self._check_monitor()
         self._setup_data_early("fit")
+
+    def _check_monitor(self) -> None:
+        """``checkpoint.monitor`` must be a metric the model logs, or checkpointing fails after a whole epoch."""
+        callback = self.trainer.checkpoint_callback
+        monitor = getattr(callback, "monitor", None)
+        collections = getattr(self.model, "metrics", None)
+        if not monitor or not isinstance(collections, torch.nn.ModuleDict):
+            return
+        logged = set()
+        for stage in ("train", "val", "test"):
+            logged.add(f"{stage}_loss")
+            if f"{stage}_metrics" in collections:
+                logged |= set(collections[f"{stage}_metrics"].keys(keep_base=False))
+            if isinstance(self.model, RotNetClassifier):  # added in its setup()
+                logged |= {f"{stage}_angle_error", f"{stage}_angle_error_median", f"{stage}_parity_acc"}
+        if monitor in logged or monitor.startswith("lr-"):  # lr-*: LearningRateMonitor
+            return
+        close = difflib.get_close_matches(monitor, sorted(logged), n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise ConfigError(
+            f"checkpoint.monitor {monitor!r} is not a metric {type(self.model).__name__} logs{hint} It logs: "
+            f"{', '.join(sorted(n for n in logged if not n.startswith('test_')))}"
+        )
 
     def before_validate(self) -> None:
         """Check the data before validating."""
@@ -355,6 +463,59 @@ def _refuse_finished(ckpt: str, trainer: Any) -> None:
             f"--ckpt_path {ckpt!r} has already trained {steps_done} steps, and --trainer.max_steps is {max_steps}: "
             "nothing is left to train. Raise --trainer.max_steps to continue"
         )
+
+
+def _load_failure(ckpt: str, err: Exception) -> str:
+    """Why ``torch.load`` failed on ``ckpt``, in words: a file that is no PyTorch file at all says so."""
+    try:
+        with open(ckpt, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        head = b"PK"
+    if not head.startswith((b"PK", b"\x80")):  # neither torch's zip format nor a legacy pickle
+        return f"it is not a PyTorch checkpoint file: it starts with {head!r}"
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def _config_file_problem(args: Any) -> str | None:
+    """An empty or non-mapping ``--config`` file among ``args``, named, or ``None``."""
+    if args is not None and not isinstance(args, list | tuple):
+        return None  # a dict or Namespace of settings: no files
+    argv = list(args) if args is not None else sys.argv[1:]
+    files = [b for a, b in itertools.pairwise(argv) if a in ("--config", "-c")]
+    files += [a.partition("=")[2] for a in argv if a.startswith("--config=")]
+    for name in files:
+        try:
+            loaded = yaml.safe_load(Path(name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue  # jsonargparse's own message names these
+        if loaded is None:
+            return f"--config {name!r} is empty: put settings in it (see configs/ for examples) or leave it out"
+        if not isinstance(loaded, dict):
+            return f"--config {name!r} holds a {type(loaded).__name__}, not a mapping of settings (key: value lines)"
+    return None
+
+
+def _with_default_optimizer(args: Any, message: str) -> list[str] | None:
+    """``args`` with ``--optimizer AdamW`` inserted, when an ``--optimizer.*`` option failed for want of a class.
+
+    Without a class anywhere, jsonargparse matches ``--optimizer.lr`` against ``torch.optim.Optimizer`` and fails.
+    Declaring AdamW as the parser's default instead would carry its ``weight_decay`` over to any other optimizer a
+    config names; inserting the class name affects only the command lines that fail without it.
+    """
+    if args is not None and not isinstance(args, list | tuple):
+        return None  # a dict or Namespace of settings: left as given
+    argv = list(args) if args is not None else sys.argv[1:]
+    if "'torch.optim.Optimizer'" not in message or any(
+        a in ("--optimizer", "--optimizer.class_path") or a.startswith(("--optimizer=", "--optimizer.class_path="))
+        for a in argv
+    ):
+        return None
+    first = next((i for i, a in enumerate(argv) if a.startswith("--optimizer.")), None)
+    if first is None:
+        return None
+    return [*argv[:first], "--optimizer", str(DEFAULT_OPTIMIZER["class_path"]), *argv[first:]]
 
 
 def _option_strings(parser: LightningArgumentParser, args: Any) -> list[str]:

@@ -140,22 +140,42 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+# The model classes a checkpoint may name, by every import path they are known under. A checkpoint's say-so never
+# imports anything: a ``.py`` file shipped beside a checkpoint would run (``python -m`` puts the working folder first
+# on the import path).
+MODEL_CLASSES: dict[str, str] = {
+    "TransferClassifier": "lit_transfer.models.classifier:TransferClassifier",
+    "lit_transfer.TransferClassifier": "lit_transfer.models.classifier:TransferClassifier",
+    "lit_transfer.models.TransferClassifier": "lit_transfer.models.classifier:TransferClassifier",
+    "lit_transfer.models.classifier.TransferClassifier": "lit_transfer.models.classifier:TransferClassifier",
+    "RotNetClassifier": "lit_transfer.models.rotnet:RotNetClassifier",
+    "lit_transfer.RotNetClassifier": "lit_transfer.models.rotnet:RotNetClassifier",
+    "lit_transfer.models.RotNetClassifier": "lit_transfer.models.rotnet:RotNetClassifier",
+    "lit_transfer.models.rotnet.RotNetClassifier": "lit_transfer.models.rotnet:RotNetClassifier",
+}
+
+
+def refuse_unknown_class(class_path: str, source: str = "the checkpoint") -> str:
+    """The message refusing a model class that is not one of lit_transfer's (:data:`MODEL_CLASSES`)."""
+    known = sorted({v.replace(":", ".") for v in MODEL_CLASSES.values()})
+    return (
+        f"model class {class_path!r} named by {source} is not a TransferClassifier that lit_transfer knows "
+        f"({', '.join(known)}); it is not imported, since a checkpoint must not choose code to run"
+    )
+
+
 def model_class(class_path: str | None, source: str = "the checkpoint") -> type[TransferClassifier]:
     """The model class a checkpoint names (``hyper_parameters["_class_path"]``); TransferClassifier by default.
 
-    Only subclasses of TransferClassifier are accepted, so a checkpoint cannot make this command call an arbitrary
-    callable with arguments of its choosing.
+    Only the classes of :data:`MODEL_CLASSES` are accepted, and nothing else is imported, so a checkpoint can neither
+    run a module of its choosing nor make this command call an arbitrary callable.
     """
     if not class_path:
         return TransferClassifier
-    module_name, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise CheckpointError(f"model class {class_path!r} named by {source} cannot be imported: {err}") from err
-    if not (inspect.isclass(cls) and issubclass(cls, TransferClassifier)):
-        raise CheckpointError(f"model class {class_path!r} named by {source} is not a TransferClassifier")
-    return cls
+    if class_path not in MODEL_CLASSES:
+        raise CheckpointError(refuse_unknown_class(class_path, source))
+    module_name, _, name = MODEL_CLASSES[class_path].partition(":")
+    return getattr(importlib.import_module(module_name), name)
 
 
 def rebuild_model(ckpt: dict[str, Any], source: str = "the checkpoint") -> TransferClassifier:

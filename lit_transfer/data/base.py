@@ -228,6 +228,8 @@ class BaseImageDataModule(pl.LightningDataModule):
             raise ValueError(f"data.image_size={image_size} is too small; use at least 8 pixels")
         if batch_size < 1:
             raise ValueError(f"data.batch_size={batch_size} must be at least 1")
+        if num_workers is not None and num_workers < 0:
+            raise ValueError(f"data.num_workers={num_workers}: use 0 (load in the main process) or more workers")
         if bad_images not in ("skip", "error"):
             raise ValueError(f"data.bad_images={bad_images!r}: use 'skip' or 'error'")
         if predict_dir is not None and not Path(predict_dir).is_dir():

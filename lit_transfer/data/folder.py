@@ -150,6 +150,12 @@ class ImageFolderDataModule(BaseImageDataModule):
         self.class_names = list_class_dirs(root or train_dir)  # type: ignore[arg-type]
         if not self.class_names:
             raise ValueError(f"no class folders in {root or train_dir!r}: expected <folder>/<class name>/<image>")
+        if len(self.class_names) < 2:
+            key = "root" if root is not None else "train_dir"
+            raise ValueError(
+                f"data.{key} {root or train_dir!r} has one class folder ({self.class_names[0]!r}): a classifier needs "
+                "at least two; add a folder per class, <folder>/<class name>/<image>"
+            )
         for key, folder in (("val_dir", val_dir), ("test_dir", test_dir)):
             if folder is None:
                 continue

@@ -128,6 +128,11 @@ class TransferClassifier(pl.LightningModule):
             raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
         if unfreeze_at_epoch is not None and unfreeze_milestones:
             raise ValueError("give model.unfreeze_at_epoch or model.unfreeze_milestones, not both")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"model.label_smoothing={label_smoothing}: use a value in [0, 1), e.g. 0.1")
+        lr = optimizer.get("init_args", {}).get("lr") if isinstance(optimizer, dict) else None
+        if isinstance(lr, int | float) and not lr > 0:
+            raise ValueError(f"optimizer.init_args.lr={lr}: the learning rate must be positive, e.g. 0.001")
         check_schedule_options(lr_scheduler, warmup_epochs, cosine)  # before any weights are built or downloaded
         self.save_hyperparameters()
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-FreezeSpec = str | int | list[str]
+# int first: jsonargparse tries a Union in order, and on the command line "2" would otherwise stay a string
+FreezeSpec = int | str | list[str]
 
 
 def backbone_stages(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
