@@ -23,7 +23,6 @@ from lit_transfer.data.checkpoint_classes import checkpoint_classes
 from lit_transfer.data.folder import scan_class_folders
 from lit_transfer.data.images import class_dirs, is_hidden, is_image_file, list_class_dirs
 from lit_transfer.data.splits import Sample, stratified_split
-from lit_transfer.features import build_folder
 
 CATEGORIES_DIR = "101_ObjectCategories"
 TORCHVISION_DIR = "caltech101"  # torchvision.datasets.Caltech101 extracts into <root>/caltech101/
@@ -171,7 +170,7 @@ def download_caltech101(root: str | Path) -> Path:
     root = Path(root)
     leftover = incomplete_download(root)
     created = [p for p in (root, *root.parents) if not p.exists()]
-    build = build_folder(root, TORCHVISION_DIR)
+    build = root / f".building-{TORCHVISION_DIR}-{uuid.uuid4().hex[:8]}"  # beside the target: the rename is atomic
     owned = placed = False
     try:
         try:
