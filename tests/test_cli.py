@@ -190,3 +190,15 @@ def test_best_ckpt_names_the_best_epoch_for_later_commands(image_tree: Path, in_
     assert events.Scalars("val_loss")[-1].value == pytest.approx(float(state["best_model_score"]), abs=1e-6)
     main(["fit", *tiny_args(image_tree, *by_loss, epochs=4), "--ckpt_path", "last"])  # last.ckpt, never best.ckpt
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 3
+
+
+def test_a_moved_run_folder_resumes_into_its_own_last_ckpt(image_tree: Path, in_tmp: Path) -> None:
+    main(["fit", *tiny_args(image_tree, epochs=1)])
+    (in_tmp / "runs").rename(in_tmp / "moved")  # the whole runs folder moved, e.g. to another disk
+    main(["fit", *tiny_args(image_tree, "--runs_dir", "moved", epochs=2), "--ckpt_path", "last"])
+    ckpts = in_tmp / "moved/tiny/version_0/checkpoints"
+    assert not list(ckpts.glob("last-v*.ckpt"))
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 1
+    state = next(v for k, v in torch.load(ckpts / "last.ckpt", weights_only=True)["callbacks"].items()
+                 if k.startswith("RunCheckpoint"))  # fmt: skip
+    assert Path(state["last_model_path"]).parent == Path("moved/tiny/version_0/checkpoints")

@@ -312,6 +312,28 @@ class RunCheckpoint(ModelCheckpoint):
         if stage == "fit" and trainer.is_global_zero and self.dirpath is not None and "://" not in str(self.dirpath):
             remove_stale_temporaries(self.dirpath)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the state; a run folder that was moved (or renamed) keeps its checkpoints' history.
+
+        Lightning drops ``last_model_path`` and the top-k record when the folder changed, and then writes
+        ``last-v1.ckpt`` beside the moved ``last.ckpt``, which stays at its old epoch. When the saved files are found
+        under the same names in the new folder, the paths are moved along instead.
+        """
+        saved, current = state_dict.get("dirpath"), self.dirpath
+        last = state_dict.get("last_model_path") or ""
+        if saved and current and saved != current and "://" not in str(current) and last:
+            old, new = Path(saved), Path(current)
+            if Path(last).parent == old and (new / Path(last).name).is_file():
+
+                def moved(path: Any) -> Any:
+                    return str(new / Path(path).name) if path and Path(path).parent == old else path
+
+                state_dict = {**state_dict, "dirpath": current}
+                for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+                    state_dict[key] = moved(state_dict.get(key))
+                state_dict["best_k_models"] = {moved(k): v for k, v in state_dict.get("best_k_models", {}).items()}
+        super().load_state_dict(state_dict)
+
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
         if filepath == self.best_model_path and self.dirpath is not None and trainer.is_global_zero:
