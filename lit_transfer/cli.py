@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import itertools
 import logging
@@ -170,13 +171,8 @@ class LitTransferCLI(LightningCLI):
         """
         subcommand = self.config.get("subcommand")
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not ckpt or "://" in str(ckpt) or not Path(ckpt).is_file():
-            return
-        try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # reported by super()._parse_ckpt_path
-            return
-        hparams = state.get("hyper_parameters") if isinstance(state, dict) else None
+        state = checkpoint_state(ckpt) if ckpt else None  # an unreadable one is reported by _parse_ckpt_path
+        hparams = state.get("hyper_parameters") if state is not None else None
         class_path = hparams.get("_class_path") if isinstance(hparams, dict) else None
         if not class_path:
             return
@@ -223,12 +219,9 @@ class LitTransferCLI(LightningCLI):
                 "predict needs trained weights: pass --ckpt_path with a checkpoint of this experiment (or --ckpt_path "
                 "last for its newest); model.init_args.weights loads only a backbone, and the new head would be random"
             )
-        if "://" in str(ckpt) or not Path(ckpt).is_file():
+        state = checkpoint_state(ckpt)
+        if state is None:
             return None  # reported by _resolve_ckpt_path
-        try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # reported by _resolve_ckpt_path
-            return None
         self._predict_checkpoint = state.get("lit_transfer") or {}
         names = self._predict_checkpoint.get("class_names") or state.get("hyper_parameters", {}).get("class_names")
         return list(names) if names else None
@@ -345,13 +338,13 @@ class LitTransferCLI(LightningCLI):
 
     def _checkpoint_samples(self, ckpt: str) -> list[Any] | None:
         """The split manifest a checkpoint stores for this data module, or ``None`` when it has none."""
-        if "://" in str(ckpt) or not Path(ckpt).is_file() or not hasattr(self.datamodule, "_saved_samples"):
+        state = checkpoint_state(ckpt)  # an unreadable checkpoint is reported where it is loaded
+        if state is None or not hasattr(self.datamodule, "_saved_samples"):
             return None
+        entry = state.get(type(self.datamodule).__qualname__)
         try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-            entry = state.get(type(self.datamodule).__qualname__)
             return self.datamodule._saved_samples(entry) if isinstance(entry, dict) and "manifest" in entry else None
-        except Exception:  # an unreadable checkpoint is reported where it is loaded
+        except (KeyError, TypeError, ValueError):
             return None
 
     def before_fit(self) -> None:
@@ -447,9 +440,30 @@ def parse_data_module(args: list[str]) -> tuple[BaseImageDataModule, Namespace]:
     return init.data, config
 
 
+def checkpoint_state(ckpt: str) -> dict[str, Any] | None:
+    """A local checkpoint's contents, memory-mapped and read once however many startup checks look at it.
+
+    ``None`` for a remote path, a missing file or one that does not load with ``weights_only=True``.
+    """
+    if "://" in str(ckpt) or not Path(ckpt).is_file():
+        return None
+    stat = Path(ckpt).stat()
+    return _load_state(str(Path(ckpt).resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_state(path: str, mtime_ns: int, size: int) -> dict[str, Any] | None:
+    # keyed by modification time and size too: a file rewritten since (a resumed run's last.ckpt) is read again
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    return state if isinstance(state, dict) else None
+
+
 def _refuse_finished(ckpt: str, trainer: Any) -> None:
     """Resuming a run that already reached ``max_epochs``/``max_steps`` would train nothing and say nothing."""
-    state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    state = checkpoint_state(ckpt) or {}
     progress = state.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
     epochs_done, steps_done = progress.get("processed", state.get("epoch", 0)), state.get("global_step", 0)
     max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps")
