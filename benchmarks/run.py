@@ -38,20 +38,15 @@ sys.path.insert(0, str(ROOT))
 sys.modules.setdefault("run", sys.modules[__name__])  # bench_loop.py imports the helpers below as ``run``
 
 import lightning.pytorch as pl  # noqa: E402
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor  # noqa: E402
-from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
+from lightning.pytorch.callbacks import Callback  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from lit_transfer.callbacks import PredictionWriter, RunCheckpoint, TensorBoardReports  # noqa: E402
-from lit_transfer.callbacks.checkpoint import AsyncAtomicCheckpointIO  # noqa: E402
-from lit_transfer.callbacks.progress import ThrottledProgressBar  # noqa: E402
-from lit_transfer.callbacks.reproducibility import EpochSeeder  # noqa: E402
-from lit_transfer.callbacks.signals import SigtermHandler  # noqa: E402
 from lit_transfer.data.base import BaseImageDataModule, EpochSampler  # noqa: E402
 from lit_transfer.data.images import load_rgb  # noqa: E402
 from lit_transfer.features import FeatureDataset, keep_batch  # noqa: E402
 from lit_transfer.models import TransferClassifier  # noqa: E402
 from lit_transfer.models.backbones import Backbone, register_backbone  # noqa: E402
+from lit_transfer.trainer_defaults import build_trainer  # noqa: E402
 
 warnings.filterwarnings("ignore")
 for _name in ("lightning.pytorch", "lightning.fabric", "lit_transfer"):
@@ -176,40 +171,34 @@ def lit_transfer_trainer(
     last: list[Callback] | None = None,
     **trainer_kwargs: Any,
 ) -> pl.Trainer:
-    """A Trainer with the callbacks, logger and checkpoint IO that ``LitTransferCLI.instantiate_trainer`` adds.
+    """The Trainer ``LitTransferCLI`` builds (callbacks, logger, checkpoint IO): ``trainer_defaults.build_trainer``.
 
-    Rebuilt here rather than through ``LitTransferCLI(args=..., run=False)``: the CLI needs an image-folder data
-    module, while the step benchmark feeds cached features. Without a validation loop the RunCheckpoint monitors
-    ``train_loss``; with ``monitor="val_acc"`` it is the CLI's default (mode max, ``epoch…-val_acc…`` file names).
-    It only acts at epoch end. ``timer`` comes first among the callbacks, ``last`` after the defaults (Lightning
-    still moves the checkpoint callback to the very end); ``trainer_kwargs`` override the Trainer arguments.
+    Built without ``LitTransferCLI(args=..., run=False)``: the CLI needs an image-folder data module, while the step
+    benchmark feeds cached features. Without a validation loop the RunCheckpoint monitors ``train_loss``; with
+    ``monitor="val_acc"`` it is the CLI's default (mode max, ``epoch…-val_acc…`` file names). It only acts at epoch
+    end. ``timer`` comes first among the callbacks, ``last`` after the defaults (Lightning still moves the checkpoint
+    callback to the very end); ``trainer_kwargs`` override the Trainer arguments.
     """
-    checkpoint: dict[str, Any] = {"monitor": monitor, "mode": "min" if monitor.endswith("loss") else "max"}
-    if monitor == "val_acc":
-        checkpoint.update(filename="epoch{epoch:03d}-val_acc{val_acc:.4f}", auto_insert_metric_name=False)
-    callbacks: list[Callback] = [
-        timer,
-        PredictionWriter(),
-        SigtermHandler(),
-        EpochSeeder(seed),
-        LearningRateMonitor(logging_interval="epoch"),
-        TensorBoardReports(),
-        ThrottledProgressBar(),
-        *(last or []),
-        RunCheckpoint(dirpath=os.path.join(run_dir, "checkpoints"), save_last=True, **checkpoint),
-    ]
+    checkpoint: dict[str, Any] = {"dirpath": os.path.join(run_dir, "checkpoints")}
+    if monitor != "val_acc":  # Lightning's own file names, as before the CLI's defaults were shared
+        mode = "min" if monitor.endswith("loss") else "max"
+        checkpoint.update(monitor=monitor, mode=mode, filename=None, auto_insert_metric_name=True)
     kwargs: dict[str, Any] = {
         "accelerator": "cpu",
         "devices": 1,
         "max_epochs": 1,
         "limit_train_batches": steps,
         "num_sanity_val_steps": 0,
-        "logger": TensorBoardLogger(save_dir=run_dir, name="bench", default_hp_metric=False),
-        "plugins": [AsyncAtomicCheckpointIO()],
-        "use_distributed_sampler": False,
-        "callbacks": callbacks,
     }
-    return pl.Trainer(**{**kwargs, **trainer_kwargs})
+    return build_trainer(
+        run_dir,
+        "bench",
+        seed=seed,
+        callbacks=[timer],
+        checkpoint=checkpoint,
+        callbacks_after=last or (),
+        **{**kwargs, **trainer_kwargs},
+    )
 
 
 def fit_rate(trainer: pl.Trainer, model: pl.LightningModule, loader: DataLoader, timer: StepTimer) -> float:

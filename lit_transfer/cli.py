@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import importlib
 import itertools
 import logging
 import os
@@ -17,34 +16,47 @@ from typing import Any
 
 import torch
 import yaml
-from jsonargparse import ActionConfigFile, ArgumentError, Namespace
-from lightning.fabric.plugins import CheckpointIO
+from jsonargparse import ArgumentError, ArgumentParser, Namespace
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, LRSchedulerTypeTuple
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from torch.optim import Optimizer
 
-from lit_transfer.callbacks import FeatureCache, PredictionWriter, RunCheckpoint, TensorBoardReports
-from lit_transfer.callbacks.checkpoint import AsyncAtomicCheckpointIO, is_valid_checkpoint, newest_valid_checkpoint
-from lit_transfer.callbacks.progress import ThrottledProgressBar
-from lit_transfer.callbacks.reproducibility import EpochSeeder
-from lit_transfer.callbacks.signals import SigtermHandler, sigterm_received
+from lit_transfer.callbacks import FeatureCache, RunCheckpoint, TensorBoardReports
+from lit_transfer.callbacks.checkpoint import newest_valid_checkpoint
+from lit_transfer.callbacks.signals import sigterm_received
+from lit_transfer.commands import COMMANDS
+from lit_transfer.commands import run as run_command
 from lit_transfer.config_errors import explain
+from lit_transfer.core.checkpoints import CheckpointLoadError, checkpoint_error, load_checkpoint
+from lit_transfer.core.errors import CheckpointMismatchError, ConfigError
+from lit_transfer.core.run_folder import VERSION_ENV, keep_reserved, release_unused, reserve_version
 from lit_transfer.data import BaseImageDataModule
 from lit_transfer.data.checkpoint_classes import classes_from_checkpoint
 from lit_transfer.data.images import BadImageError
 from lit_transfer.export import MODEL_CLASSES, refuse_unknown_class
 from lit_transfer.models import RotNetClassifier, TransferClassifier
-from lit_transfer.models.classifier import DEFAULT_OPTIMIZER, CheckpointMismatchError, check_single_balancing
+from lit_transfer.models.classifier import DEFAULT_OPTIMIZER, check_single_balancing
+from lit_transfer.trainer_defaults import (
+    CHECKPOINT_DEFAULTS,
+    TRAINER_DEFAULTS,
+    default_callbacks,
+    run_logger,
+    with_checkpoint_io,
+)
 
 DEFAULT_SEED = 42
-
-
-class ConfigError(Exception):
-    """A configuration that cannot be instantiated; reported without a traceback, before any training."""
+TOP_LEVEL_DESCRIPTION = (
+    "lit_transfer: transfer learning with PyTorch Lightning. Train, evaluate and predict with an experiment's config "
+    "(python -m lit_transfer fit --config configs/<experiment>.yaml); COMMAND --help lists a command's options."
+)
+TRAINER_COMMANDS = {
+    "fit": "Train a model on an experiment's data, validating after each epoch.",
+    "validate": "Evaluate a checkpoint on the validation split.",
+    "test": "Evaluate a checkpoint on the test split.",
+    "predict": "Predict the images of a folder with a checkpoint (predictions.csv).",
+}
 
 
 class LitTransferCLI(LightningCLI):
@@ -77,17 +89,8 @@ class LitTransferCLI(LightningCLI):
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.add_lightning_class_args(FeatureCache, "cache_features")
         parser.add_lightning_class_args(TensorBoardReports, "reports")  # does nothing without a TensorBoard logger
-        parser.set_defaults(
-            {
-                "checkpoint.monitor": "val_acc",
-                "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
-                "checkpoint.filename": "epoch{epoch:03d}-val_acc{val_acc:.4f}",
-                "checkpoint.auto_insert_metric_name": False,
-            }
-        )
-        # data modules shard their own loaders (epoch-seeded, no padding at evaluation): see EpochSampler
-        parser.set_defaults({"trainer.use_distributed_sampler": False})
+        parser.set_defaults({f"checkpoint.{key}": value for key, value in CHECKPOINT_DEFAULTS.items()})
+        parser.set_defaults({f"trainer.{key}": value for key, value in TRAINER_DEFAULTS.items()})
         parser.add_optimizer_args((Optimizer,), link_to="model.init_args.optimizer")
         parser.add_lr_scheduler_args(LRSchedulerTypeTuple, link_to="model.init_args.lr_scheduler")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -96,7 +99,17 @@ class LitTransferCLI(LightningCLI):
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         """The parser raises on a bad argument instead of printing the usage, so the error can be made short."""
         kwargs.setdefault("exit_on_error", False)
+        kwargs.setdefault("description", TOP_LEVEL_DESCRIPTION)
         return super().init_parser(**kwargs)
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        """Trainer's fit/validate/test/predict, and the other commands in ``--help`` (``main`` runs those)."""
+        super()._add_subcommands(parser, **kwargs)
+        for choice in parser._subcommands_action._choices_actions:  # Trainer's docstrings, cut mid-sentence: one line
+            choice.help = TRAINER_COMMANDS.get(choice.dest, choice.help)
+        for name, command in COMMANDS.items():
+            placeholder = ArgumentParser(prog=f"lit_transfer {name}", description=command.summary)
+            parser._subcommands_action.add_subcommand(name, placeholder, help=command.summary)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse the command line; a bad key or value is one configuration error naming it (and what is valid)."""
@@ -157,11 +170,7 @@ class LitTransferCLI(LightningCLI):
             super()._parse_ckpt_path()
         except Exception as err:
             ckpt = self.config[self.config.subcommand].get("ckpt_path")
-            reason = _load_failure(str(ckpt), err)
-            raise ConfigError(
-                f"--ckpt_path {ckpt!r} cannot be loaded with weights_only=True ({reason}); use a checkpoint written "
-                "by lit_transfer, or --ckpt_path last to take the newest readable checkpoint of this experiment"
-            ) from err
+            raise checkpoint_error(str(ckpt), err, what="--ckpt_path", hint=_CKPT_PATH_HINT) from err
 
     def _check_checkpoint_class(self) -> None:
         """Refuse a checkpoint whose ``_class_path`` is not a lit_transfer model or the class the config names.
@@ -232,30 +241,19 @@ class LitTransferCLI(LightningCLI):
         version = self._resolve_ckpt_path()
         if config.get("logger") is None:
             kwargs.setdefault(
-                "logger",
-                TensorBoardLogger(
-                    save_dir=self._get(self.config, "runs_dir", "runs"),
-                    name=self._experiment_name(),
-                    version=version,
-                    default_hp_metric=False,
-                ),
+                "logger", run_logger(self._get(self.config, "runs_dir", "runs"), self._experiment_name(), version)
             )
-        plugins = config.get("plugins") or []
-        plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
-        if not any(isinstance(p, CheckpointIO) for p in plugins):
-            kwargs.setdefault("plugins", [*plugins, AsyncAtomicCheckpointIO()])
+        plugins = with_checkpoint_io(config.get("plugins"))
+        if plugins is not None:
+            kwargs.setdefault("plugins", plugins)
         cache = self._get(self.config_init, "cache_features")
         if isinstance(cache, FeatureCache) and cache.dir is None:
             cache.dir = str(Path(self._get(self.config, "runs_dir", "runs")) / "feature_cache")
-        callbacks: list[Any] = [PredictionWriter(), SigtermHandler()]
-        seed = self._get(self.config, "seed_everything")
-        if seed is not False and seed is not None:
-            callbacks.append(EpochSeeder(int(seed)))
-        if kwargs.get("logger", config.get("logger")) is not False:
-            callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-        if config.get("enable_progress_bar") is not False:
-            callbacks.append(ThrottledProgressBar())
-        self.trainer_defaults["callbacks"] = callbacks
+        self.trainer_defaults["callbacks"] = default_callbacks(
+            self._get(self.config, "seed_everything"),
+            logger=kwargs.get("logger", config.get("logger")) is not False,
+            progress_bar=config.get("enable_progress_bar") is not False,
+        )
         return super().instantiate_trainer(**kwargs)
 
     def _resolve_ckpt_path(self) -> int | None:
@@ -270,20 +268,8 @@ class LitTransferCLI(LightningCLI):
         if not ckpt or ckpt in ("hpc", "registry"):
             return None
         runs = self._runs()
-        if "://" not in str(ckpt):
-            if Path(ckpt).is_dir():
-                raise ConfigError(
-                    f"--ckpt_path {ckpt!r} is a folder, not a checkpoint file: give a .ckpt file in it (a run's "
-                    "checkpoints/last.ckpt or best.ckpt), or --ckpt_path last (or best) for this experiment's newest"
-                )
-            if not Path(ckpt).is_file():
-                raise ConfigError(f"--ckpt_path {ckpt!r} does not exist")
-            reason = is_valid_checkpoint(ckpt)
-            if reason is not None:
-                raise ConfigError(
-                    f"--ckpt_path {ckpt!r} cannot be loaded with weights_only=True ({reason}); use --ckpt_path last "
-                    "to take the newest readable checkpoint of this experiment"
-                )
+        if "://" not in str(ckpt):  # a folder, a missing file, one that does not load or holds no state dict
+            load_checkpoint(str(ckpt), require_state_dict=True, what="--ckpt_path", hint=_CKPT_PATH_HINT)
         if self.subcommand == "fit" and "://" not in str(ckpt):
             _refuse_finished(str(ckpt), self._get(self.config_init, "trainer", default={}))
         folder = Path(ckpt).resolve().parent
@@ -406,38 +392,13 @@ class LitTransferCLI(LightningCLI):
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
 
-# Subcommands beyond Trainer's fit/validate/test/predict: name → "module:function" taking the remaining arguments.
-EXTRA_COMMANDS: dict[str, str] = {
-    "stats": "lit_transfer.data.stats:main",
-    "audit-rotnet": "lit_transfer.rotnet_audit:main",
-    "export": "lit_transfer.export:main",
-    "clean-cache": "lit_transfer.callbacks.feature_cache:clean_main",
-}
-
-# Top-level keys of a full config that a data-only command accepts and ignores.
-_NON_DATA_KEYS = (
-    "trainer", "model", "optimizer", "lr_scheduler", "checkpoint", "cache_features", "reports", "seed_everything",
-    "experiment", "runs_dir", "test_after_fit", "ckpt_path",
-)  # fmt: skip
+# Subcommands beyond Trainer's fit/validate/test/predict (lit_transfer.commands.COMMANDS): name → "module:function".
+EXTRA_COMMANDS: dict[str, str] = {name: command.target for name, command in COMMANDS.items()}
 
 
-def parse_data_module(args: list[str]) -> tuple[BaseImageDataModule, Namespace]:
-    """Instantiate only the data module of a full fit config (``--config X.yaml``, ``--data.*`` overrides).
 
-    The other sections are accepted and returned unparsed, so a data-only command (``stats``) never builds a model
-    or downloads weights.
-    """
-    parser = LightningArgumentParser(prog="lit_transfer")
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file(s), merged in order.")
-    parser.add_lightning_class_args(BaseImageDataModule, "data", subclass_mode=True)
-    for key in _NON_DATA_KEYS:
-        parser.add_argument(f"--{key}", type=Any, default=None)
-    config = parser.parse_args(args)
-    try:
-        init = parser.instantiate_classes(config)
-    except (ValueError, FileNotFoundError, NotADirectoryError, KeyError, TypeError) as err:
-        raise ConfigError(str(err)) from err
-    return init.data, config
+
+_CKPT_PATH_HINT = "--ckpt_path last takes the newest readable checkpoint of this experiment"
 
 
 def checkpoint_state(ckpt: str) -> dict[str, Any] | None:
@@ -455,8 +416,15 @@ def checkpoint_state(ckpt: str) -> dict[str, Any] | None:
 def _load_state(path: str, mtime_ns: int, size: int) -> dict[str, Any] | None:
     # keyed by modification time and size too: a file rewritten since (a resumed run's last.ckpt) is read again
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
+        state = load_checkpoint(path, mmap=True)
+    except CheckpointLoadError:
+def _config_hint(argv: list[str], err: Exception) -> str:
+    """For fit/validate/test/predict missing what a config gives, and given no ``--config``: where configs are."""
+    if not argv or argv[0] not in LitTransferCLI.subcommands() or "are required" not in str(err):
+        return ""
+    if any(a in ("--config", "-c") or a.startswith(("--config=", "-c=")) for a in argv):
+        return ""
+    return f"; give the experiment's config: python -m lit_transfer {argv[0]} --config configs/<experiment>.yaml"
         return None
     return state if isinstance(state, dict) else None
 
@@ -477,19 +445,6 @@ def _refuse_finished(ckpt: str, trainer: Any) -> None:
             f"--ckpt_path {ckpt!r} has already trained {steps_done} steps, and --trainer.max_steps is {max_steps}: "
             "nothing is left to train. Raise --trainer.max_steps to continue"
         )
-
-
-def _load_failure(ckpt: str, err: Exception) -> str:
-    """Why ``torch.load`` failed on ``ckpt``, in words: a file that is no PyTorch file at all says so."""
-    try:
-        with open(ckpt, "rb") as f:
-            head = f.read(4)
-    except OSError:
-        head = b"PK"
-    if not head.startswith((b"PK", b"\x80")):  # neither torch's zip format nor a legacy pickle
-        return f"it is not a PyTorch checkpoint file: it starts with {head!r}"
-    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
 def _config_file_problem(args: Any) -> str | None:
@@ -588,13 +543,13 @@ def main(args: list[str] | None = None) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _sigterm_outside_training)
     try:
-        if argv and argv[0] in EXTRA_COMMANDS:
-            module, _, function = EXTRA_COMMANDS[argv[0]].partition(":")
-            getattr(importlib.import_module(module), function)(argv[1:])
+        if argv and argv[0] in COMMANDS:
+            run_command(argv[0], argv[1:])
             return
         LitTransferCLI(args=args)
     except (ConfigError, CheckpointMismatchError) as err:
-        print(f"lit_transfer: configuration error: {err}", file=sys.stderr)
+        release_unused()
+        print(f"lit_transfer: configuration error: {err}{_config_hint(argv, err)}", file=sys.stderr)
         sys.exit(2)
     except SIGTERMException:
         print("lit_transfer: stopped by SIGTERM after saving interrupted.ckpt", file=sys.stderr)

@@ -30,14 +30,29 @@ _UNRECOGNIZED = re.compile(r"unrecognized arguments: (\S+)")
 
 
 def class_options(class_path: str) -> list[str]:
-    """The ``init_args`` names a class accepts (its ``__init__`` parameters), or none if it cannot be imported."""
+    """The ``init_args`` names a class accepts, or none if it cannot be imported.
+
+    Its ``__init__`` parameters and, where it takes ``**kwargs`` (passed on to ``super().__init__``, as the data
+    modules do), those of the base classes after it, as jsonargparse resolves them.
+    """
     module, _, name = class_path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
-        parameters = inspect.signature(cls.__init__).parameters.values()
     except (ImportError, AttributeError, ValueError, TypeError):
         return []
-    return [p.name for p in parameters if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        try:
+            parameters = inspect.signature(klass.__init__).parameters.values()
+        except (ValueError, TypeError):
+            break
+        skip = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        names += [p.name for p in parameters if p.name != "self" and p.kind not in skip and p.name not in names]
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            break
+    return names
 
 
 def _did_you_mean(name: str, valid: Iterable[str]) -> str:

@@ -20,12 +20,15 @@ import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+
+from lit_transfer.core.batches import FeatureBatch
+from lit_transfer.core.batches import keep_batch as keep_batch  # re-exported: the feature loaders' collate
 
 FORMAT_VERSION = 1
 META_NAME = "meta.json"
@@ -35,15 +38,6 @@ INDICES_NAME = "indices.npy"
 # written into every entry (from the start of its extraction), so that clean-cache can tell it from other folders
 MARKER_NAME = ".lit_transfer-feature-cache"
 MARKER = {"lit_transfer": "feature_cache", "format": FORMAT_VERSION}
-
-
-class FeatureBatch(NamedTuple):
-    """A batch of cached backbone features: the model feeds ``features`` straight to its head."""
-
-    features: torch.Tensor
-    targets: torch.Tensor
-    indices: torch.Tensor
-    bad: list[Any]
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -108,11 +102,6 @@ class FeatureDataset(Dataset):
 
     def __getitem__(self, item: Any) -> FeatureBatch:
         return self.__getitems__([item])
-
-
-def keep_batch(batch: FeatureBatch) -> FeatureBatch:
-    """Collate function of feature loaders: :meth:`FeatureDataset.__getitems__` already built the batch."""
-    return batch
 
 
 def entry_is_complete(folder: Path, key: str) -> bool:

@@ -22,7 +22,6 @@ it the configured model and image size are used (a GPU job for ResNet50 at 224 p
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import math
 import sys
@@ -36,9 +35,11 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.cli import LightningArgumentParser
 from PIL import Image
 
-from lit_transfer.cli import ConfigError, LitTransferCLI
+from lit_transfer.cli import LitTransferCLI
+from lit_transfer.core.errors import ConfigError
 from lit_transfer.data.rotnet import RotNetDataModule
 
 SMALL_OVERRIDES: tuple[str, ...] = (
@@ -53,10 +54,25 @@ SMALL_OVERRIDES: tuple[str, ...] = (
 
 SPECTRAL_LIMIT = 6.0  # standard errors
 
+AUDIT_HELP = (
+    "Does a RotNet pipeline leak the angle? Trains the configured pipeline (a fit config: same options, weights "
+    "null, nothing frozen, an 80/20 split) on Gaussian noise, which has no orientation, and reports validation and "
+    "parity accuracy against chance, and a model-free test of the power spectra. Exit status 1 on a leak. "
+    "Example: python -m lit_transfer audit-rotnet --config configs/rotnet_pretrain.yaml --audit.small true"
+)
+
 
 @dataclass
 class AuditOptions:
-    """What ``--audit.*`` sets: how many noise images, how long to train, and the random seed of the noise."""
+    """What ``--audit.*`` sets: how many noise images, how long to train, and the random seed of the noise.
+
+    Args:
+        images: noise images to generate (at least 20; 80% train, 20% validation).
+        epochs: epochs to train on them (at least 1).
+        small: audit at 32 px with the small CNN and Adam 1e-3 (minutes on a CPU) instead of the configured model and
+            image size.
+        seed: random seed of the noise.
+    """
 
     images: int = 2000
     epochs: int = 4
@@ -199,7 +215,30 @@ class ValidationRecorder(Callback):
 
 
 class AuditCLI(LitTransferCLI):
-    """The fit-style CLI that refuses, before building anything, a data module that is not a RotNetDataModule."""
+    """The fit-style CLI with the ``--audit.*`` options, refusing a data module that is not a RotNetDataModule.
+
+    ``--audit.small true`` applies :data:`SMALL_OVERRIDES` after the config files (so the command line still wins);
+    ``--audit.epochs`` sets ``trainer.max_epochs``.
+    """
+
+    options: AuditOptions
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """The fit options, and the audit's own under ``audit``."""
+        super().add_arguments_to_parser(parser)
+        parser.add_class_arguments(AuditOptions, "audit", help="The audit's own options.")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse; with ``--audit.small true`` again, the small settings after the config files."""
+        super().parse_arguments(parser, args)
+        self.options = AuditOptions(**vars(self.config["audit"]))
+        if self.options.images < 20 or self.options.epochs < 1:
+            raise ConfigError(
+                f"--audit.images={self.options.images} and --audit.epochs={self.options.epochs}: use >= 20 and >= 1"
+            )
+        if self.options.small:
+            super().parse_arguments(parser, _after_configs(list(args), SMALL_OVERRIDES))
+        self.config["trainer.max_epochs"] = self.options.epochs
 
     def instantiate_classes(self) -> None:
         """Check the data class, then instantiate data, model and trainer."""
@@ -228,29 +267,6 @@ def write_noise_images(folder: Path, count: int, side: int, seed: int = 0) -> No
         Image.fromarray(pixels).save(folder / f"noise_{i:05d}.png")
 
 
-def parse_audit_options(argv: Sequence[str]) -> tuple[AuditOptions, list[str]]:
-    """Split ``--audit.*`` options from the fit-style arguments."""
-    parser = argparse.ArgumentParser(prog="lit_transfer audit-rotnet", add_help=False, allow_abbrev=False)
-    defaults = AuditOptions()
-    parser.add_argument("--audit.images", dest="images", type=int, default=defaults.images)
-    parser.add_argument("--audit.epochs", dest="epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--audit.small", dest="small", type=_boolean, default=defaults.small)
-    parser.add_argument("--audit.seed", dest="seed", type=int, default=defaults.seed)
-    known, rest = parser.parse_known_args(list(argv))
-    options = AuditOptions(known.images, known.epochs, known.small, known.seed)
-    if options.images < 20 or options.epochs < 1:
-        raise ConfigError(f"--audit.images={options.images} and --audit.epochs={options.epochs}: use >= 20 and >= 1")
-    return options, rest
-
-
-def _boolean(value: str) -> bool:
-    if value.lower() in ("true", "1", "yes"):
-        return True
-    if value.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-
-
 def _after_configs(args: list[str], extra: Sequence[str]) -> list[str]:
     """``args`` with ``extra`` inserted after the last config file, so configs lose to them and flags win."""
     end = 0
@@ -264,10 +280,6 @@ def _after_configs(args: list[str], extra: Sequence[str]) -> list[str]:
 
 def run_audit(argv: Sequence[str]) -> AuditResult:
     """Generate noise, train the configured pipeline on it and return the per-epoch scores."""
-    options, args = parse_audit_options(argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        raise SystemExit(0)
     with tempfile.TemporaryDirectory(prefix="rotnet_audit_") as tmp:
         noise = Path(tmp) / "noise"
         forced = [
@@ -279,17 +291,20 @@ def run_audit(argv: Sequence[str]) -> AuditResult:
             "--model.init_args.freeze", "none",
             "--model.init_args.unfreeze_at_epoch", "null",
             "--model.init_args.unfreeze_milestones", "null",
-            "--trainer.max_epochs", str(options.epochs),
             "--trainer.logger", "false",
             "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false",
             "--trainer.default_root_dir", tmp,
             "--checkpoint.dirpath", str(Path(tmp) / "checkpoints"),
         ]  # fmt: skip
-        if options.small:
-            args = _after_configs(args, SMALL_OVERRIDES)
         noise.mkdir()
-        cli = AuditCLI(args=[*args, *forced], run=False, save_config_callback=None)
+        cli = AuditCLI(
+            args=[*argv, *forced],
+            run=False,
+            save_config_callback=None,
+            parser_kwargs={"prog": "lit_transfer audit-rotnet", "description": AUDIT_HELP},
+        )
+        options = cli.options
         data = cli.datamodule
         if not isinstance(data, RotNetDataModule):  # AuditCLI checked the class; this narrows the type
             raise ConfigError(f"audit-rotnet needs a RotNetDataModule, not {type(data).__name__}")

@@ -79,7 +79,8 @@ def test_cached_training_matches_recomputed_features_exactly(tree_factory, tmp_p
     for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
         torch.testing.assert_close(cached_trainer.callback_metrics[key], plain_trainer.callback_metrics[key])
     # the loaders really serve features: one batch of the train loader is a FeatureBatch of backbone outputs
-    cached_trainer.datamodule.feature_cache = cached_trainer.callbacks[-1]
+    assert data.dataset_wrapper is None  # the callback registers its hook in setup and removes it in teardown
+    data.set_dataset_wrapper(cached_trainer.callbacks[-1].dataset_for)
     batch = next(iter(data.train_dataloader()))
     assert isinstance(batch, FeatureBatch) and batch.features.shape == (4, 64)
     images = torch.stack([data._datasets["train"][i][0] for i in batch.indices.tolist()])

@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning_utilities.core.apply_func import apply_to_collection
 
 from lit_transfer.callbacks.signals import sigterm_received
+from lit_transfer.core.checkpoints import CheckpointLoadError, checkpoint_error, load_checkpoint
 
 INTERRUPTED_NAME = "interrupted"
 BEST_NAME = "best"  # best.ckpt: always the best checkpoint by the monitored metric, for predict/export/validate
@@ -120,15 +121,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         """Load a checkpoint; pickled code is never executed (``weights_only=True`` whatever is asked)."""
         if map_location is None:
             map_location = "cpu"
+        if "://" not in str(path):
+            return load_checkpoint(path, map_location=map_location)  # CheckpointLoadError (a ValueError) says why not
         try:
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
         except FileNotFoundError:
             raise
         except Exception as err:
-            raise ValueError(
-                f"cannot load checkpoint {str(path)!r} safely: {err}. lit_transfer loads checkpoints with "
-                "weights_only=True; a file holding pickled objects other than tensors and plain types is refused"
-            ) from err
+            raise checkpoint_error(path, err) from err
 
 
 class AsyncAtomicCheckpointIO(AtomicCheckpointIO):
@@ -259,11 +259,9 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
 def is_valid_checkpoint(path: str | Path) -> str | None:
     """``None`` when ``path`` loads as a checkpoint, else the reason it does not."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        return f"{type(err).__name__}: {err}"
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        return "no state_dict in the file"
+        load_checkpoint(path, require_state_dict=True)
+    except CheckpointLoadError as err:
+        return err.reason
     return None
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
-import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -96,13 +95,13 @@ class FeatureCache(Callback):
                 self._say(reason)
             return
         self._trainer, self._model = trainer, pl_module
-        datamodule.feature_cache = self  # type: ignore[union-attr]
+        datamodule.set_dataset_wrapper(self.dataset_for)  # type: ignore[union-attr]
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Detach from the data module and close the memory maps."""
         datamodule = getattr(trainer, "datamodule", None)
-        if getattr(datamodule, "feature_cache", None) is self:
-            datamodule.feature_cache = None  # type: ignore[union-attr]
+        if isinstance(datamodule, BaseImageDataModule) and datamodule.dataset_wrapper == self.dataset_for:
+            datamodule.set_dataset_wrapper(None)
         self._open.clear()
 
     def split_reason(self, split: str, dataset: Dataset) -> str | None:
@@ -346,27 +345,39 @@ def _remove(paths: list[Path]) -> None:
             path.unlink()
 
 
-def clean_main(args: list[str]) -> None:
-    """``python -m lit_transfer clean-cache``: delete the entries of a feature cache, and nothing else.
+@dataclass
+class CacheCleaning:
+    """What :func:`clean_cache` found in a folder, and deleted (or, dry, would delete).
+
+    Attributes:
+        folder: the folder cleaned.
+        state: ``"missing"`` (no such folder), ``"not_a_folder"``, ``"empty"`` (a folder without entries),
+            ``"not_a_cache"`` (none of its entries is the cache's: nothing deleted) or ``"cleaned"``.
+        entries: the cache's own entries, deleted (or would be), in order; unfinished ones start with a dot.
+        kept: what is not the cache's, as ``"name (why not)"``; kept in place.
+        size: bytes in the deleted files.
+        folder_removed: whether the folder itself went (or would go): only when nothing but the cache was in it.
+    """
+
+    folder: Path
+    state: Literal["missing", "not_a_folder", "empty", "not_a_cache", "cleaned"]
+    entries: list[Path] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    size: int = 0
+    folder_removed: bool = False
+
+
+def clean_cache(folder: Path, dry_run: bool = False) -> CacheCleaning:
+    """Delete the entries of the feature cache in ``folder``, and nothing else; ``dry_run`` deletes nothing.
 
     Only what is provably the cache's own goes: entries whose ``meta.json`` matches their name and key and which
     hold only the cache's files, unfinished entries holding the cache's marker, then the folder if nothing else is
-    left. A folder that is not a feature cache is refused (exit status 2) and left as it is;
-    anything else in a cache folder is kept and listed (exit status 2).
+    left. A folder none of whose entries is the cache's is left as it is (``state="not_a_cache"``).
     """
-    parser = argparse.ArgumentParser(prog="lit_transfer clean-cache", description="Delete cached backbone features.")
-    parser.add_argument("--runs_dir", default="runs", help="runs folder whose feature_cache/ is cleaned")
-    parser.add_argument("--dir", default=None, help="cache folder (cache_features.dir), instead of --runs_dir's")
-    parser.add_argument(
-        "--dry-run", "--dry_run", action="store_true", help="list what would be deleted; delete nothing"
-    )
-    options = parser.parse_args(args)
-    folder = Path(options.dir) if options.dir else Path(options.runs_dir) / DEFAULT_DIR_NAME
     if not folder.exists() and not folder.is_symlink():
-        print(f"no feature cache at {folder}")
-        return
+        return CacheCleaning(folder, "missing")
     if folder.is_symlink() or not folder.is_dir():
-        _refuse(f"{folder} is not a folder")
+        return CacheCleaning(folder, "not_a_folder")
     own: list[tuple[Path, list[Path]]] = []
     kept: list[str] = []
     for child in sorted(folder.iterdir()):
@@ -375,38 +386,12 @@ def clean_main(args: list[str]) -> None:
             kept.append(f"{child.name} ({found})")
         else:
             own.append((child, found))
-    if not own and not kept:
-        print(f"no feature cache entries in {folder}")
-        return
     if not own:
-        hint = f"; did you mean --runs_dir {folder}?" if options.dir and (folder / DEFAULT_DIR_NAME).is_dir() else ""
-        _refuse(
-            f"refusing to clean {folder}: it is not a feature cache (no entry with a valid {fc.META_NAME} or "
-            f"{fc.MARKER_NAME}); nothing was deleted. It holds: {_listing(kept)}{hint}"
-        )
+        return CacheCleaning(folder, "not_a_cache" if kept else "empty", kept=kept)
     size = sum(f.stat().st_size for _, files in own for f in files if f.is_file())
-    entries = [e for e, _ in own if not e.name.startswith(".")]
-    for entry, files in own:
-        if options.dry_run:
-            print(f"would delete {entry}")
-        else:
+    if not dry_run:
+        for _, files in own:
             _remove(files)
-    if not kept:  # nothing but the cache's own entries was in it
-        if options.dry_run:
-            print(f"would delete {folder}")
-        else:
+        if not kept:  # nothing but the cache's own entries was in it
             folder.rmdir()
-    verb = "would delete" if options.dry_run else "deleted"
-    print(f"{verb} {len(entries)} feature cache entries ({size / 2**20:.1f} MiB) in {folder}")
-    if kept:
-        _refuse(f"kept {folder}: it holds files that are not the feature cache's: {_listing(kept)}")
-
-
-def _listing(items: list[str], most: int = 8) -> str:
-    more = f", and {len(items) - most} more" if len(items) > most else ""
-    return ", ".join(items[:most]) + more if items else "nothing"
-
-
-def _refuse(message: str) -> NoReturn:
-    print(f"lit_transfer clean-cache: {message}", file=sys.stderr)
-    sys.exit(2)
+    return CacheCleaning(folder, "cleaned", [e for e, _ in own], kept, size, folder_removed=not kept)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from lit_transfer.core.run_folder import run_dir
 
 PREDICTIONS_NAME = "predictions.csv"
 
@@ -51,8 +52,13 @@ class PredictionWriter(BasePredictionWriter):
         root = trainer.datamodule.predict_dir  # type: ignore[attr-defined]
         k = min(getattr(pl_module.hparams, "top_k", 5), probs.shape[1])
         top_p, top_i = probs.topk(k, dim=1)
-        # not trainer.log_dir: under DDP that is a collective, and only rank 0 gets here
-        out_dir = Path(trainer.logger.log_dir if trainer.logger is not None and trainer.logger.log_dir else ".")
+        out_dir = run_dir(trainer)
+        if out_dir is None:
+            rank_zero_warn(
+                f"{self.filename} not written: this run has no run folder (fast_dev_run, or --trainer.logger false); "
+                f"predict without them to get <runs_dir>/<experiment>/version_N/{self.filename}"
+            )
+            return
         out_dir.mkdir(parents=True, exist_ok=True)
         target = out_dir / self.filename
         tmp = target.with_suffix(".csv.tmp")

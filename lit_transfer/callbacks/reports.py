@@ -13,20 +13,15 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.utils import make_grid
 
-from lit_transfer.features import FeatureBatch
+from lit_transfer.core.batches import FeatureBatch
+from lit_transfer.core.contract import data_info
+from lit_transfer.core.fonts import font as _font
 
 TAG = "reports"
-
-
-def _font(size: int = 11) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
 
 
 def _to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -288,7 +283,8 @@ class TensorBoardReports(Callback):
         top = wrong[confidence[wrong].topk(min(self.max_mistakes, len(wrong))).indices]
         if isinstance(batch, FeatureBatch):
             # cached features carry no pixels: keep the dataset index, the image is read at epoch end if it ranks
-            size = int(getattr(trainer.datamodule, "image_size", 32))
+            data = data_info(trainer.datamodule)
+            size = int(data.image_size) if data is not None else 32
             self._image_shape = (3, size, size)
             shown: list[Any] = [int(batch.indices[i]) for i in top.tolist()]
         else:
@@ -301,10 +297,10 @@ class TensorBoardReports(Callback):
 
     def _read_cached_images(self, trainer: pl.Trainer) -> None:
         """Replace the dataset indices kept for mistakes on cached features by the images themselves."""
-        datamodule = getattr(trainer, "datamodule", None)
+        data = data_info(getattr(trainer, "datamodule", None))
         for i, (c, image, true, pred) in enumerate(self._mistakes):
             if isinstance(image, int):
-                loaded = datamodule.image_of("val", image) if hasattr(datamodule, "image_of") else None
+                loaded = data.image_of("val", image) if data is not None else None
                 if loaded is None or tuple(loaded.shape) != tuple(self._image_shape or ()):
                     loaded = torch.full(tuple(self._image_shape or (3, 32, 32)), 128, dtype=torch.uint8)
                 self._mistakes[i] = (c, loaded, true, pred)

@@ -9,7 +9,13 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lit_transfer.data.base import mix_seed
+from lit_transfer.core.seeding import mix_seed
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
 
 
 class EpochSeeder(Callback):

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from PIL import Image, ImageOps
 
 from lit_transfer.callbacks.predictions import PREDICTIONS_NAME, PredictionWriter
+from lit_transfer.core.angles import class_angles
+from lit_transfer.core.run_folder import run_dir
 from lit_transfer.data.rotnet import UPRIGHT_MARKER
-from lit_transfer.models.rotnet import class_angles
 
 # Exact, lossless turns for the multiples of 90° that undo a counter-clockwise rotation by that angle.
 _UNDO_QUARTER_TURNS = {1: Image.Transpose.ROTATE_270, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_90}
@@ -121,8 +122,13 @@ class RotationPredictionWriter(PredictionWriter):
         paths, root = datamodule.predict_paths, Path(datamodule.predict_dir)
         upright = self.write_upright or getattr(datamodule, "write_upright", None)
         confidence, predicted = probs.max(dim=1)
-        # not trainer.log_dir: under DDP that is a collective, and only rank 0 gets here
-        out_dir = Path(trainer.logger.log_dir if trainer.logger is not None and trainer.logger.log_dir else ".")
+        out_dir = run_dir(trainer)
+        if out_dir is None:
+            rank_zero_warn(
+                f"{self.filename} not written: this run has no run folder (fast_dev_run, or --trainer.logger false); "
+                f"predict without them to get <runs_dir>/<experiment>/version_N/{self.filename}"
+            )
+            return
         out_dir.mkdir(parents=True, exist_ok=True)
         target = out_dir / self.filename
         tmp = target.with_suffix(".csv.tmp")

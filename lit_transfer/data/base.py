@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import math
 import os
 import unicodedata
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, Protocol
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from lit_transfer.core.batches import BadSample, Batch, FeatureBatch, keep_batch
+from lit_transfer.core.run_folder import run_dir
+from lit_transfer.core.seeding import mix_seed
 from lit_transfer.data.images import BadImageError, check_image_header, collect_unreadable, find_images, load_rgb
+from lit_transfer.data.resumable import ResumableLoader, ResumeSampler
 from lit_transfer.data.sampler import BalancedSampler
 from lit_transfer.data.splits import Sample, group_by_split, manifest_hash, write_manifest
 from lit_transfer.data.transforms import Transform, eval_transform, train_transform
-from lit_transfer.features import FeatureBatch, keep_batch
 
 MANIFEST_NAME = "split_manifest.csv"
 BAD_IMAGES_NAME = "bad_images.csv"
@@ -33,29 +35,6 @@ def default_num_workers() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from several integers, the same on every machine and Python version."""
-    digest = hashlib.blake2b(",".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
-class BadSample(NamedTuple):
-    """What a dataset returns instead of an image it could not decode (under ``bad_images: skip``)."""
-
-    path: str
-    split: str
-    reason: str
-
-
-class Batch(NamedTuple):
-    """A collated batch: images, targets (labels, or file indices for predict), dataset indices, skipped files."""
-
-    images: torch.Tensor
-    targets: torch.Tensor
-    indices: torch.Tensor
-    bad: list[BadSample]
 
 
 class EpochSampler(Sampler):
@@ -270,8 +249,7 @@ class BaseImageDataModule(pl.LightningDataModule):
         self._synced = False
         self._predict_synced = False
         self._datasets: dict[str, ImageFilesDataset] = {}
-        # set by the FeatureCache callback while a trainer runs: serves cached backbone features instead of images
-        self.feature_cache: Any = None
+        self._dataset_wrapper: DatasetWrapper | None = None  # see set_dataset_wrapper
         self._told_drop_last = False
 
     @property
@@ -458,11 +436,7 @@ class BaseImageDataModule(pl.LightningDataModule):
     # --- run folder -----------------------------------------------------------------------------------------------
 
     def _run_dir(self) -> Path | None:
-        # ``trainer.log_dir`` is a collective under DDP; this is only called on rank 0, so ask the logger directly
-        trainer = self.trainer
-        if trainer is None or trainer.fast_dev_run or trainer.logger is None or trainer.logger.log_dir is None:
-            return None  # no run folder (no logger, or fast_dev_run): log_dir would be the working directory
-        return Path(trainer.logger.log_dir)
+        return run_dir(self.trainer)
 
     def _write_run_files(self) -> None:
         if not self._is_rank_zero():
@@ -604,10 +578,15 @@ class BaseImageDataModule(pl.LightningDataModule):
                 f"each training epoch leaves out its last batch, which would hold a single image ({per_process} "
                 f"images per process, batch_size {self.batch_size})"
             )
-        cached = self.feature_cache.dataset_for(self, split, dataset) if self.feature_cache is not None else None
+        loader: Any = DataLoader
+        options: dict[str, Any] = {}
+        if split == "train":  # resumes mid-epoch at the batch where an interrupted.ckpt stopped
+            loader, sampler, options = ResumableLoader, ResumeSampler(sampler), {"progress": self._epoch_batches_done}
+        wrapper = self._dataset_wrapper
+        cached = wrapper(self, split, dataset) if wrapper is not None else None
         if cached is not None:
             # the same sampler over the cached features: the same batches as the image loader, without decoding
-            return DataLoader(
+            return loader(
                 cached,
                 batch_size=self.batch_size,
                 sampler=sampler,
@@ -617,7 +596,7 @@ class BaseImageDataModule(pl.LightningDataModule):
                 pin_memory=pin,
                 generator=torch.Generator().manual_seed(self.seed),
             )
-        return DataLoader(
+        return loader(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
@@ -635,6 +614,23 @@ class BaseImageDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if self._auto_workers and trainer is not None and trainer.num_devices > 1:
             return max(1, self.num_workers // trainer.num_devices)  # the processes of a node share its cores
+    @property
+    def dataset_wrapper(self) -> DatasetWrapper | None:
+        """The hook registered with :meth:`set_dataset_wrapper`, or ``None``."""
+        return self._dataset_wrapper
+
+    def set_dataset_wrapper(self, wrapper: DatasetWrapper | None) -> None:
+        """Register the hook the loaders ask for a replacement of a split's dataset; ``None`` removes it.
+
+        Every loader built while a hook is registered calls ``wrapper(self, split, dataset)``. A dataset it returns
+        is loaded instead of ``dataset`` with the same sampler, batch size and ``drop_last``, so the batches are the
+        same and in the same order; it is read in the main process, and its items are whole batches (built by its
+        ``__getitems__``, as :class:`~lit_transfer.features.FeatureDataset` does) that
+        :func:`~lit_transfer.core.batches.keep_batch` passes through. ``None`` keeps the image loader. One hook at a
+        time: the FeatureCache callback registers one in ``setup`` and removes it in ``teardown``.
+        """
+        self._dataset_wrapper = wrapper
+
         return self.num_workers
 
     def loader_epoch(self) -> int:
@@ -676,5 +672,12 @@ class BaseImageDataModule(pl.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
+                **options,
         """Batches of ``predict_dir`` images; targets are indices into :attr:`predict_paths`."""
         return self._loader("predict", shuffle=False)
+            **options,
+    def _epoch_batches_done(self) -> int:
+        """Batches of the current epoch the training loop has finished (what a mid-epoch checkpoint has trained)."""
+        trainer = self.trainer
+        return 0 if trainer is None else trainer.fit_loop.epoch_loop.batch_progress.current.processed
+

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
-from lit_transfer.data.base import BadImagePolicy, BaseImageDataModule
+from lit_transfer.data.base import BaseImageDataModule
 from lit_transfer.data.checkpoint_classes import checkpoint_classes
 from lit_transfer.data.images import (
     class_dirs,
@@ -87,22 +87,8 @@ class ImageFolderDataModule(BaseImageDataModule):
         test_dir: folder of test images.
         val_fraction: share of each class held out for validation when there is no ``val_dir``.
         test_fraction: share of each class held out for testing when there is no ``test_dir``.
-        image_size: side of the square crops fed to the model.
-        batch_size: images per batch (per device).
-        num_workers: loader processes; ``None`` uses every core this process may use, shared among the training
-            processes of a node.
-        augmentation: train transform preset (``standard``, ``seed002``, ``none``).
-        pin_memory: page-locked batches; ``None`` pins when a GPU is used.
-        persistent_workers: keep loader processes alive between epochs.
-        predict_dir: folder of images for ``predict`` (searched recursively).
-        seed: seed of the split assignment, the shuffling and the augmentation.
-        bad_images: ``skip`` unreadable images and list them in ``bad_images.csv``, or stop with an ``error``.
-        max_bad_fraction: stop before training when more than this share of the images is unreadable.
-        check_images: read every file's header at setup, so most bad files are known before training starts.
-        loader_timeout: seconds to wait for a batch from a worker before failing (0 waits forever).
-        sampler: ``random`` (shuffled) or ``balanced`` (every class drawn equally often, with replacement).
-        normalize: ``model`` (the backbone weights' mean/std) or ``dataset`` (exact mean/std of the training split,
-            stored in the checkpoint).
+        **kwargs: the loader, transform and bad-image settings of :class:`BaseImageDataModule` (``image_size``,
+            ``batch_size``, ``num_workers``, …), with its defaults.
     """
 
     def __init__(
@@ -113,26 +99,9 @@ class ImageFolderDataModule(BaseImageDataModule):
         test_dir: str | None = None,
         val_fraction: float = 0.2,
         test_fraction: float = 0.0,
-        image_size: int = 224,
-        batch_size: int = 32,
-        num_workers: int | None = None,
-        augmentation: str = "standard",
-        pin_memory: bool | None = None,
-        persistent_workers: bool = True,
-        predict_dir: str | None = None,
-        seed: int = 42,
-        bad_images: BadImagePolicy = "skip",
-        max_bad_fraction: float = 0.05,
-        check_images: bool = True,
-        loader_timeout: float = 0.0,
-        sampler: Literal["random", "balanced"] = "random",
-        normalize: Literal["model", "dataset"] = "model",
-        decode_scale: float | None = 2.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            image_size, batch_size, num_workers, augmentation, pin_memory, persistent_workers, predict_dir, seed,
-            bad_images, max_bad_fraction, check_images, loader_timeout, sampler, normalize, decode_scale,
-        )  # fmt: skip
+        super().__init__(**kwargs)
         if (root is None) == (train_dir is None):
             raise ValueError("give exactly one of data.root (split by fractions) or data.train_dir (split folders)")
         if root is not None and (val_dir or test_dir):

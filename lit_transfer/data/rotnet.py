@@ -14,8 +14,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from lit_transfer.core.angles import angle_name, class_angles
 from lit_transfer.data.base import (
-    BadImagePolicy,
     BadSample,
     BaseImageDataModule,
     EpochSampler,
@@ -41,7 +41,7 @@ def rotation_class_names(num_rotations: int, angle_mode: AngleMode = "discrete")
     multiples of the step, so class 0 is upright and the angle of class ``k`` is what undoes it.
     """
     step = 360 / num_rotations
-    return [f"{k * step:g}°" for k in range(num_rotations)]
+    return [angle_name(k * step) for k in range(num_rotations)]
 
 
 def angle_bin(angle: float, num_rotations: int) -> int:
@@ -269,25 +269,15 @@ class RotNetDataModule(BaseImageDataModule):
         square: make non-square photos square by ``crop`` (the centre square) or ``resize`` (squash).
         val_fraction: share of the images held out for validation (every image in every rotation).
         test_fraction: share of the images held out for testing.
-        image_size: side of the views fed to the model.
-        batch_size: views per batch (per device).
-        num_workers: loader processes; ``None`` uses every core this process may use, shared among the training
-            processes of a node.
         augmentation: train transform preset applied to the square source before rotating (``none``, ``standard``).
-        pin_memory: page-locked batches; ``None`` pins when a GPU is used.
-        persistent_workers: keep loader processes alive between epochs.
-        predict_dir: folder of images for ``predict`` (searched recursively).
         write_upright: on ``predict`` with a RotNetClassifier, also write every ``predict_dir`` image turned upright
             by its predicted angle into this folder (same relative path and format; whole image, expanded canvas).
-        seed: seed of the split, the image order, the rotations and the augmentation.
-        bad_images: ``skip`` unreadable images and list them in ``bad_images.csv``, or stop with an ``error``.
-        max_bad_fraction: stop before training when more than this share of the images is unreadable.
-        check_images: read every file's header at setup, so most bad files are known before training starts.
-        loader_timeout: seconds to wait for a batch from a worker before failing (0 waits forever).
-        normalize: ``model`` (the backbone weights' mean/std) or ``dataset`` (exact mean/std of the training
-            split's views, stored in the checkpoint).
-        decode_scale: large JPEGs are decoded at a reduced size (1/2, 1/4, 1/8, inside the decoder) whose shorter
-            side is still at least ``decode_scale`` x the square source's side; ``null`` always decodes in full.
+        sampler: only ``random``: every rotation class is already drawn equally often (``balanced`` is for labelled
+            data).
+        **kwargs: the loader, transform and bad-image settings of :class:`BaseImageDataModule`, with its defaults.
+            They apply to the views: ``image_size`` is the side of the views fed to the model, ``batch_size``
+            counts views, ``seed`` also seeds the image order and the rotations, ``normalize: dataset`` measures
+            the training split's views, and ``decode_scale`` multiplies the square source's side.
     """
 
     def __init__(
@@ -301,38 +291,14 @@ class RotNetDataModule(BaseImageDataModule):
         square: SquareMode = "crop",
         val_fraction: float = 0.2,
         test_fraction: float = 0.0,
-        image_size: int = 224,
-        batch_size: int = 32,
-        num_workers: int | None = None,
         augmentation: str = "none",
-        pin_memory: bool | None = None,
-        persistent_workers: bool = True,
-        predict_dir: str | None = None,
         write_upright: str | None = None,
-        seed: int = 42,
-        bad_images: BadImagePolicy = "skip",
-        max_bad_fraction: float = 0.05,
-        check_images: bool = True,
-        loader_timeout: float = 0.0,
-        normalize: Literal["model", "dataset"] = "model",
-        decode_scale: float | None = 2.0,
+        sampler: Literal["random"] = "random",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            image_size=image_size,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            augmentation=augmentation,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            predict_dir=predict_dir,
-            seed=seed,
-            bad_images=bad_images,
-            max_bad_fraction=max_bad_fraction,
-            check_images=check_images,
-            loader_timeout=loader_timeout,
-            normalize=normalize,
-            decode_scale=decode_scale,
-        )
+        super().__init__(augmentation=augmentation, sampler=sampler, **kwargs)
+        if sampler != "random":
+            raise ValueError(f"data.sampler={sampler!r}: RotNet draws every rotation class equally often; use 'random'")
         if num_rotations not in (4, 8):
             raise ValueError(f"data.num_rotations={num_rotations}: use 8 (45° steps) or 4 (90° steps)")
         if angle_mode not in ("discrete", "binned"):
@@ -353,10 +319,10 @@ class RotNetDataModule(BaseImageDataModule):
             if not Path(folder).is_dir():
                 raise FileNotFoundError(f"image folder {folder!r} does not exist or is not a directory")
         if write_upright:
-            check_upright_folder(write_upright, predict_dir)
-        if all_rotations and batch_size % num_rotations:
+            check_upright_folder(write_upright, self.predict_dir)
+        if all_rotations and self.batch_size % num_rotations:
             rank_zero_warn(
-                f"data.batch_size={batch_size} is not a multiple of data.num_rotations={num_rotations}: with "
+                f"data.batch_size={self.batch_size} is not a multiple of data.num_rotations={num_rotations}: with "
                 "all_rotations, some images' rotations will be split across batches"
             )
         self.root = root
@@ -371,12 +337,12 @@ class RotNetDataModule(BaseImageDataModule):
         self.test_fraction = test_fraction
         self.class_names = rotation_class_names(num_rotations, angle_mode)
         right_angles_only = num_rotations == 4 and angle_mode == "discrete"
-        self.source_size = source_size(image_size, geometry, right_angles_only)
+        self.source_size = source_size(self.image_size, geometry, right_angles_only)
 
     @property
     def angles(self) -> list[float]:
         """Each class's angle in degrees (a bin's centre in ``binned`` mode)."""
-        return [float(name.rstrip("°")) for name in self.class_names]
+        return class_angles(self.class_names)
 
     def train_targets(self) -> list[int]:
         """The class of every training view, for inverse-frequency class weights: each rotation once per image.

@@ -1,24 +1,20 @@
-"""Class balance for imbalanced training sets: a class-balanced sampler and inverse-frequency loss weights."""
+"""Class balance for imbalanced training sets: a class-balanced sampler.
+
+The inverse-frequency loss weights live in :mod:`lit_transfer.core.class_weights` (the model computes them; it does
+not import the data package) and are re-exported here.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import Sampler
 
-Labels = Sequence[int] | np.ndarray | torch.Tensor
-
-
-def _as_label_array(labels: Labels) -> np.ndarray:
-    array = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    array = array.reshape(-1)
-    if array.size and (not np.issubdtype(array.dtype, np.integer) or array.min() < 0):
-        raise ValueError("labels must be non-negative integer class indices")
-    return array.astype(np.int64)
+from lit_transfer.core.class_weights import Labels, as_label_array
+from lit_transfer.core.class_weights import inverse_frequency_weights as inverse_frequency_weights  # re-exported
 
 
 class BalancedSampler(Sampler[Any]):
@@ -54,7 +50,7 @@ class BalancedSampler(Sampler[Any]):
         rank: int = 0,
         item_keys: bool = False,
     ) -> None:
-        self.labels = _as_label_array(labels)
+        self.labels = as_label_array(labels)
         if self.labels.size == 0:
             raise ValueError("BalancedSampler needs at least one label")
         self.num_samples = len(self.labels) if num_samples is None else int(num_samples)
@@ -100,20 +96,3 @@ class BalancedSampler(Sampler[Any]):
 
     def __len__(self) -> int:
         return self.samples_per_replica
-
-
-def inverse_frequency_weights(labels: Labels, num_classes: int) -> torch.Tensor:
-    """Cross-entropy class weights ``n / (k * count)`` for ``k`` classes present; an absent class gets weight 0.
-
-    With these weights every class present contributes the same total weight to the loss, and the weight averaged
-    over the ``n`` training samples is one, so the loss keeps its scale (with every class present this is
-    scikit-learn's ``class_weight="balanced"``).
-    """
-    array = _as_label_array(labels)
-    if array.size and array.max() >= num_classes:
-        raise ValueError(f"label {int(array.max())} is out of range for num_classes={num_classes}")
-    counts = np.bincount(array, minlength=num_classes).astype(np.float64)
-    present = counts > 0
-    weights = np.zeros(num_classes, dtype=np.float64)
-    weights[present] = array.size / (present.sum() * counts[present])
-    return torch.tensor(weights, dtype=torch.float32)

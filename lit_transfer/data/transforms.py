@@ -20,9 +20,20 @@ EVAL_CROP_RATIO = 0.875  # resize to image_size / 0.875 then center-crop, as Ima
 
 
 def register_transform(name: str) -> Callable[[Callable[[int], Transform]], Callable[[int], Transform]]:
-    """Register a train transform preset under ``name`` (a function of ``image_size``)."""
+    """Register a train transform preset under ``name`` (a function of ``image_size``); a name is registered once.
+
+    Raises:
+        ValueError: ``name`` is already a preset (``standard``, ``seed002``, ``none`` or one registered before).
+    """
+    if name in TRANSFORM_PRESETS:
+        raise ValueError(
+            f"augmentation preset {name!r} is already registered ({TRANSFORM_PRESETS[name].__qualname__}); "
+            "choose another name"
+        )
 
     def wrap(fn: Callable[[int], Transform]) -> Callable[[int], Transform]:
+        if name in TRANSFORM_PRESETS:  # registered between the decorator's creation and its application
+            raise ValueError(f"augmentation preset {name!r} is already registered")
         TRANSFORM_PRESETS[name] = fn
         return fn
 

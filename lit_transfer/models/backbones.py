@@ -17,6 +17,8 @@ import torch
 import torchvision
 from torch import nn
 
+from lit_transfer.core.checkpoints import load_checkpoint
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
@@ -42,9 +44,21 @@ _REGISTRY: dict[str, BackboneBuilder] = {}
 
 
 def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
-    """Register a builder ``() -> Backbone`` (random init) under ``name``."""
+    """Register a builder ``() -> Backbone`` (random init) under ``name``.
+
+    A name is registered once: a name already registered, or a torchvision model's name (which the registered
+    builder would silently replace), is refused with a ``ValueError``.
+    """
+    if name in _REGISTRY:
+        raise ValueError(f"backbone {name!r} is already registered ({_REGISTRY[name].__qualname__}); use another name")
+    if name in torchvision.models.list_models(module=torchvision.models):
+        raise ValueError(
+            f"backbone name {name!r} would shadow the torchvision model {name!r}; register it under another name"
+        )
 
     def wrap(fn: BackboneBuilder) -> BackboneBuilder:
+        if name in _REGISTRY:  # registered between the decorator's creation and its application
+            raise ValueError(f"backbone {name!r} is already registered ({_REGISTRY[name].__qualname__})")
         _REGISTRY[name] = fn
         return fn
 
@@ -198,15 +212,7 @@ def _find_state_dict(obj: Any, path: str, name: str) -> dict[str, torch.Tensor]:
 
 def load_weights_file(backbone: Backbone, name: str, path: str) -> None:
     """Load a local weights file into ``backbone`` (safely: ``weights_only=True`` never runs pickled code)."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"weights file {path!r} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"cannot load weights file {path!r} safely (weights_only=True): {err}. Only tensors and plain types are "
-            "accepted; re-save the file as a state dict (torch.save(model.state_dict(), ...))"
-        ) from err
+    obj = load_checkpoint(path, what="weights file")  # a missing file is a FileNotFoundError, a bad one a ValueError
     state = _find_state_dict(obj, path, name)
     saved = obj.get("lit_transfer") if isinstance(obj, dict) else None
     if isinstance(saved, dict) and saved.get("mean") and saved.get("std"):

@@ -1,60 +1,54 @@
-"""TransferClassifier: any backbone + a new head, frozen or fine-tuned, with gradual unfreezing."""
+"""TransferClassifier: any backbone + a new head, frozen or fine-tuned, with gradual unfreezing.
+
+The model is this module (building, the unfreeze schedule's application, steps, what it takes from the data and
+stores in checkpoints) and the concepts it is made of: :mod:`~lit_transfer.models.metrics` (epoch metrics, their
+buffering and the loss finiteness checks), :mod:`~lit_transfer.models.optim` (optimizer, parameter groups,
+scheduler), :mod:`~lit_transfer.models.freezing` (which parameters are frozen when) and
+:mod:`~lit_transfer.models.schedules` (the learning-rate schedule). The data module is read only through
+:class:`lit_transfer.core.contract.DataInfo`.
+"""
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import instantiate_class
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch import nn
-from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from lightning.pytorch.utilities import rank_zero_info
 
-from lit_transfer.data.sampler import inverse_frequency_weights
-from lit_transfer.features import FeatureBatch
+from lit_transfer.core.batches import FeatureBatch
+from lit_transfer.core.class_weights import inverse_frequency_weights
+from lit_transfer.core.contract import data_info, trainer_data_info
+from lit_transfer.core.errors import CheckpointMismatchError
 from lit_transfer.models.backbones import build_backbone
 from lit_transfer.models.freezing import (
     FreezeSpec,
     apply_freeze,
-    backbone_stages,
     format_parameter_table,
+    frozen_at_epoch,
     frozen_parameter_names,
     parameter_table,
+    quiet_eval_mode_warning,
     set_frozen_bn_eval,
 )
 from lit_transfer.models.heads import build_head
-from lit_transfer.models.schedules import build_lr_schedule, check_schedule_options
+from lit_transfer.models.metrics import METRIC_FLUSH_BATCHES, EpochMetricsModule
+from lit_transfer.models.optim import (
+    DEFAULT_OPTIMIZER,
+    check_learning_rate,
+    check_single_balancing,
+    configure_optimization,
+    parameter_groups,
+)
+from lit_transfer.models.schedules import check_schedule_options
 
-# Frozen parts are put in eval mode on purpose (BatchNorm statistics must not move); Lightning warns about it.
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
-
-_PLAIN_TYPES = (str, int, float, bool, type(None))
-METRIC_FLUSH_BATCHES = 32  # batches whose metric inputs are buffered before one torchmetrics update
-DEFAULT_OPTIMIZER: dict[str, Any] = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3, "weight_decay": 0.01}}
-
-
-def check_single_balancing(class_weights: Any, sampler: str | None) -> None:
-    """Refuse correcting class imbalance twice: inverse-frequency loss weights on top of class-balanced batches."""
-    if class_weights == "auto" and sampler == "balanced":
-        raise ValueError(
-            "model.init_args.class_weights: auto and data.init_args.sampler: balanced both correct class imbalance: "
-            "the balanced sampler already draws every class equally often, so the weights would over-weight rare "
-            "classes a second time. Use one of them (or give class_weights as a list to combine them on purpose)"
-        )
+# the public names of this module before metrics and optimization moved out (cli.py and users import them here)
+__all__ = ["DEFAULT_OPTIMIZER", "METRIC_FLUSH_BATCHES", "TransferClassifier", "check_single_balancing"]
 
 
-class CheckpointMismatchError(ValueError):
-    """A checkpoint that does not belong to this data (other classes); the CLI reports it as a configuration error."""
-
-
-class TransferClassifier(pl.LightningModule):
+class TransferClassifier(EpochMetricsModule):
     """A torchvision (or registered) backbone with a new classification head.
 
     ``num_classes`` and ``class_names`` come from the data module; a config never sets them. Inputs are ``uint8``
@@ -130,9 +124,7 @@ class TransferClassifier(pl.LightningModule):
             raise ValueError("give model.unfreeze_at_epoch or model.unfreeze_milestones, not both")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"model.label_smoothing={label_smoothing}: use a value in [0, 1), e.g. 0.1")
-        lr = optimizer.get("init_args", {}).get("lr") if isinstance(optimizer, dict) else None
-        if isinstance(lr, int | float) and not lr > 0:
-            raise ValueError(f"optimizer.init_args.lr={lr}: the learning rate must be positive, e.g. 0.001")
+        check_learning_rate(optimizer)
         check_schedule_options(lr_scheduler, warmup_epochs, cosine)  # before any weights are built or downloaded
         self.save_hyperparameters()
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
@@ -150,51 +142,15 @@ class TransferClassifier(pl.LightningModule):
             raise ValueError(f"model.class_weights has {len(class_weights)} values for {num_classes} classes")
         weights = torch.tensor(class_weights, dtype=torch.float32) if isinstance(class_weights, list) else None
         self.register_buffer("class_weight", weights if weights is not None else torch.ones(num_classes))
-        self.skipped_batches = 0
-        # Input validation would make the host wait for the device at each update; cross_entropy already checked
-        # the targets.
-        metrics = {
-            "acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
-            "f1": MulticlassF1Score(num_classes, average="macro", validate_args=False),
-        }
-        if num_classes > 5:
-            metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro", validate_args=False)
-        # compute_groups would merge metrics whose states are equal after the first update: a first batch that is all
-        # correct at top-1 makes macro F1 and top-5 accuracy look alike, and val_f1 then reports top-5 counts.
-        base = MetricCollection(metrics, compute_groups=False)
-        self.metrics = nn.ModuleDict({f"{s}_metrics": base.clone(prefix=f"{s}_") for s in ("train", "val", "test")})
-        # (nan_strategy="disable" would save a sync per flush, but torchmetrics 1.9 then drops the weights)
-        self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in ("train", "val", "test")})
-        self._metric_inputs: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {
-            s: [] for s in ("train", "val", "test")
-        }
-        self._unchecked: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int, int]] = []
+        self.init_epoch_metrics(num_classes)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self._compiled = False
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning sets plain attributes (``_current_fx_name``) several times a step; nn.Module.__setattr__ pays for
-        # Parameter/Module/Tensor checks each time. A plain value replacing a plain attribute needs none of them.
-        if type(value) in _PLAIN_TYPES and name in self.__dict__:
-            self.__dict__[name] = value
-            return
-        super().__setattr__(name, value)
 
     # --- freezing -------------------------------------------------------------------------------------------------
 
     def frozen_at_epoch(self, epoch: int) -> set[str]:
         """The backbone parameters frozen during ``epoch`` under the unfreeze schedule."""
-        passed = sum(1 for m in self.milestones if m <= epoch)
-        if passed == 0:
-            return set(self.initial_frozen)
-        if passed >= len(self.milestones):
-            return set()
-        stages = [s for s, _ in backbone_stages(self.backbone)]
-        frozen_stages = [s for s in stages if any(n.startswith(s + ".") for n in self.initial_frozen)]
-        # split the frozen stages into one chunk per milestone; the top chunk thaws first
-        count = math.ceil(len(frozen_stages) * passed / len(self.milestones))  # never more than all stages
-        thawed = tuple(s + "." for s in frozen_stages[len(frozen_stages) - count :])
-        return {n for n in self.initial_frozen if not n.startswith(thawed)}
+        return frozen_at_epoch(self.backbone, self.initial_frozen, self.milestones, epoch)
 
     def _set_frozen(self, frozen: set[str]) -> None:
         self.frozen = frozen
@@ -231,8 +187,7 @@ class TransferClassifier(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         """Apply the unfreeze schedule for this epoch (derived from the epoch, so a resumed run gets it too)."""
-        self._metric_inputs["train"].clear()
-        self._unchecked.clear()
+        self._metric_buffer.clear("train")
         frozen = self.frozen_at_epoch(self.current_epoch)
         if frozen != self.frozen:
             before = len(self.frozen)
@@ -286,107 +241,9 @@ class TransferClassifier(pl.LightningModule):
             else:
                 # Checked when the metrics are flushed (and before any checkpoint is written), not every step: a
                 # per-step check would make the host wait for the device at every step.
-                self._unchecked.append((torch.isfinite(loss.detach()), loss.detach(), indices, self.global_step,
-                                        self.current_epoch))  # fmt: skip
+                self._metric_buffer.defer_check(loss.detach(), indices, self.global_step, self.current_epoch)
         self._buffer(stage, logits.detach(), y, loss.detach())
         return loss, logits
-
-    def _buffer(self, stage: str, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
-        """Keep a batch's metric inputs; torchmetrics is updated once per ``METRIC_FLUSH_BATCHES`` batches.
-
-        One update over many batches gives the same counts as one per batch, at a fraction of the per-call cost
-        (benchmarks/RESULTS.md, step overhead); the loss is a weighted mean, exact and synchronised across processes.
-        """
-        buffer = self._metric_inputs[stage]
-        buffer.append((logits, y, loss))
-        if len(buffer) >= METRIC_FLUSH_BATCHES:
-            self._flush(stage)
-
-    def _flush(self, stage: str) -> None:
-        """Check the buffered training losses are finite, then hand the buffered batches to the metrics."""
-        if stage == "train":
-            self.check_finite()
-        buffer = self._metric_inputs[stage]
-        if not buffer:
-            return
-        logits, targets, losses = zip(*buffer, strict=True)
-        buffer.clear()
-        sizes = torch.tensor([len(t) for t in targets], dtype=torch.float32, device=losses[0].device)
-        self.losses[f"{stage}_loss"].update(torch.stack(losses).float(), weight=sizes)
-        self.metrics[f"{stage}_metrics"].update(torch.cat(logits), torch.cat(targets))
-
-    def check_finite(self) -> None:
-        """Stop at the first non-finite training loss since the last check, naming its step and files."""
-        pending, self._unchecked = self._unchecked, []
-        if not pending or bool(torch.stack([p[0] for p in pending]).all()):
-            return
-        _, loss, indices, step, epoch = next(p for p in pending if not bool(p[0]))
-        self._non_finite(loss.item(), indices, step, epoch)
-
-    def _log_epoch(self, stage: str) -> None:
-        """Compute (synchronised across processes), log and reset the epoch's loss and metrics of ``stage``."""
-        self._flush(stage)
-        loss, metrics = self.losses[f"{stage}_loss"], self.metrics[f"{stage}_metrics"]
-        if self._any_rank_updated(loss.update_called):
-            with warnings.catch_warnings():
-                # a process that saw no batch computes only to take its part in the synchronisation
-                warnings.filterwarnings("ignore", message="The ``compute`` method of metric", category=UserWarning)
-                values = {f"{stage}_loss": loss.compute(), **metrics.compute()}
-            self.log_dict(values, prog_bar=True)
-            self.on_epoch_metrics(stage)
-        loss.reset()
-        metrics.reset()
-
-    def _any_rank_updated(self, updated: bool) -> bool:
-        """Whether any process saw a batch: computing synchronises, so all of them must decide alike.
-
-        A process can see none (its shard of the validation files was unreadable, or it got no file at all) while
-        the others did; if it skipped ``compute`` the others would wait for it in the metrics' collective.
-        """
-        if self._trainer is None or self.trainer.world_size == 1:
-            return updated
-        count = self.trainer.strategy.reduce(torch.tensor(float(updated), device=self.device), reduce_op="sum")
-        return bool(count > 0)
-
-    def on_epoch_metrics(self, stage: str) -> None:
-        """Called with the epoch's metrics of ``stage`` computed and not yet reset (for subclasses' reports)."""
-
-    def on_train_epoch_end(self) -> None:
-        """Log the training epoch's loss and metrics."""
-        self._log_epoch("train")
-
-    def on_validation_epoch_start(self) -> None:
-        """Start the validation epoch with an empty metric buffer."""
-        self._metric_inputs["val"].clear()
-
-    def on_validation_epoch_end(self) -> None:
-        """Log the validation loss and metrics."""
-        self._log_epoch("val")
-
-    def on_test_epoch_start(self) -> None:
-        """Start the test epoch with an empty metric buffer."""
-        self._metric_inputs["test"].clear()
-
-    def on_test_epoch_end(self) -> None:
-        """Log the test loss and metrics."""
-        self._log_epoch("test")
-
-    def _non_finite(self, loss: float, indices: torch.Tensor | None, step: int, epoch: int) -> None:
-        """Stop (before any checkpoint holds NaN weights) or skip the batch, naming its files."""
-        files: list[str] = []
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if indices is not None and hasattr(datamodule, "paths_of"):
-            files = datamodule.paths_of("train", indices.tolist())
-        shown = ", ".join(files[:8]) + (" …" if len(files) > 8 else "")
-        where = f"epoch {epoch}, step {step}"
-        if self.hparams.on_nonfinite_loss == "skip":
-            self.skipped_batches += 1
-            rank_zero_warn(f"skipped a batch with loss {loss} at {where} (#{self.skipped_batches}): {shown}")
-            return None
-        raise FloatingPointError(
-            f"training loss is {loss} at {where}; batch files: {shown or 'unknown'}. Lower the learning rate, "
-            "check these images, or set model.init_args.on_nonfinite_loss: skip"
-        )
 
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor | None:
         """Cross-entropy on one batch."""
@@ -409,21 +266,15 @@ class TransferClassifier(pl.LightningModule):
 
     def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
         """Head and backbone groups; backbone parameters that ever train are in the optimizer from the start."""
-        groups = [{"params": list(self.head.parameters()), "lr": lr, "name": "head"}]
-        trains_later = bool(self.milestones)
-        backbone = [p for n, p in self.backbone.named_parameters() if n not in self.initial_frozen or trains_later]
-        if backbone:
-            groups.append({"params": backbone, "lr": lr * self.hparams.backbone_lr_factor, "name": "backbone"})
-        return groups
+        factor, trains_later = self.hparams.backbone_lr_factor, bool(self.milestones)
+        return parameter_groups(self.head, self.backbone, lr, factor, self.initial_frozen, trains_later)
 
     def configure_optimizers(self) -> Any:
         """The optimizer over the parameter groups, and the scheduler (given, or warm-up/cosine per optimizer step)."""
-        init = self.hparams.optimizer or DEFAULT_OPTIMIZER
-        lr = float(init.get("init_args", {}).get("lr", 1e-3))
-        optimizer = instantiate_class(self.parameter_groups(lr), init)
         hp = self.hparams
-        schedule = build_lr_schedule(optimizer, self._trainer, hp.lr_scheduler, hp.warmup_epochs, hp.cosine)
-        return optimizer if schedule is None else {"optimizer": optimizer, "lr_scheduler": schedule}
+        return configure_optimization(
+            self.parameter_groups, self._trainer, hp.optimizer, hp.lr_scheduler, hp.warmup_epochs, hp.cosine
+        )
 
     # --- reporting and checkpoints --------------------------------------------------------------------------------
 
@@ -441,17 +292,20 @@ class TransferClassifier(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if stage != "fit" or datamodule is None:
             return
-        check_single_balancing(self.hparams.class_weights, getattr(datamodule, "sampler", None))
+        data = data_info(datamodule)
+        if data is None:  # not a lit_transfer data module: nothing is taken from it
+            if self.hparams.class_weights == "auto":
+                raise ValueError(
+                    f"model.init_args.class_weights: auto needs the training labels, which {type(datamodule).__name__}"
+                    " does not give (lit_transfer's data modules do: train_targets()); give class_weights as a list"
+                )
+            return
+        check_single_balancing(self.hparams.class_weights, data.sampler)
         if self.hparams.class_weights == "auto":
             # the labels trained on: RotNet's are its views' rotations, not its source images' (all 0)
-            train_targets = getattr(datamodule, "train_targets", None)
-            if callable(train_targets):
-                labels = train_targets()
-            else:
-                labels = [s.label for s in getattr(datamodule, "samples", []) if s.split == "train"]
-            self.class_weight.copy_(inverse_frequency_weights(labels, self.hparams.num_classes))
+            self.class_weight.copy_(inverse_frequency_weights(data.train_targets(), self.hparams.num_classes))
             rank_zero_info(f"class weights (inverse frequency): {[round(w, 3) for w in self.class_weight.tolist()]}")
-        stats = getattr(datamodule, "normalization", None)
+        stats = data.normalization
         if stats is not None and self.hparams.mean is None and self.hparams.std is None:
             mean, std = stats
             self.mean.copy_(torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
@@ -470,19 +324,20 @@ class TransferClassifier(pl.LightningModule):
             self._compiled = True
 
     def on_fit_start(self) -> None:
-        """Print and log the trainable/frozen parameter table."""
+        """Print and log the trainable/frozen parameter table (frozen parts are in eval mode on purpose: no warning)."""
+        quiet_eval_mode_warning(self.trainer.fit_loop)
         self._log_parameter_table()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store what a user of the checkpoint needs to know, as plain types; never save after a NaN loss."""
         self.check_finite()
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data = trainer_data_info(self)
         checkpoint["lit_transfer"] = {
             "class_names": list(self.class_names),
             "mean": self.mean.flatten().tolist(),
             "std": self.std.flatten().tolist(),
-            "image_size": getattr(datamodule, "image_size", None),
-            "manifest_hash": getattr(datamodule, "manifest_hash", None),
+            "image_size": data.image_size if data is not None else None,
+            "manifest_hash": data.manifest_hash if data is not None else None,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -1,9 +1,13 @@
-"""Freeze policies for backbones: which parameters train, frozen BatchNorm in eval mode, the audit table."""
+"""Freeze policies: which backbone parameters train and when they thaw, frozen BatchNorm in eval mode, audit table."""
 
 from __future__ import annotations
 
 import fnmatch
+import functools
+import math
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -115,3 +119,43 @@ def format_parameter_table(rows: Sequence[tuple[str, int, int]]) -> str:
     lines = [f"{'stage':<{width}}  {'trainable':>13}  {'frozen':>13}"]
     lines += [f"{name:<{width}}  {t:>13,}  {f:>13,}" for name, t, f in rows]
     return "\n".join(lines)
+
+
+def frozen_at_epoch(backbone: nn.Module, initial_frozen: set[str], milestones: Sequence[int], epoch: int) -> set[str]:
+    """The backbone parameters frozen during ``epoch`` when the ``initial_frozen`` ones thaw at ``milestones``.
+
+    Before the first milestone everything in ``initial_frozen`` stays frozen, from the last one on nothing is; in
+    between, the frozen stages are split into one chunk per milestone and the top chunk thaws first.
+    """
+    passed = sum(1 for m in milestones if m <= epoch)
+    if passed == 0:
+        return set(initial_frozen)
+    if passed >= len(milestones):
+        return set()
+    stages = [s for s, _ in backbone_stages(backbone)]
+    frozen_stages = [s for s in stages if any(n.startswith(s + ".") for n in initial_frozen)]
+    count = math.ceil(len(frozen_stages) * passed / len(milestones))  # never more than all stages
+    thawed = tuple(s + "." for s in frozen_stages[len(frozen_stages) - count :])
+    return {n for n in initial_frozen if not n.startswith(thawed)}
+
+
+_EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode"
+
+
+def quiet_eval_mode_warning(fit_loop: Any) -> None:
+    """Silence Lightning's "module(s) in eval mode" warning inside the fit loop's own check, and nowhere else.
+
+    Frozen parts are put in eval mode on purpose (BatchNorm statistics must not move); the loop warns about them
+    at the start of training. Wrapping that one check leaves every other warning, and other models' fits, alone.
+    """
+    check = getattr(fit_loop, "_warn_if_modules_in_eval_mode", None)
+    if check is None or getattr(check, "__wrapped__", None) is not None:
+        return  # another Lightning version, or already wrapped for an earlier fit with this trainer
+
+    @functools.wraps(check)
+    def quiet() -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_EVAL_MODE_WARNING, category=UserWarning)
+            check()
+
+    fit_loop._warn_if_modules_in_eval_mode = quiet

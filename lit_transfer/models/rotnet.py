@@ -15,22 +15,15 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.utilities import dim_zero_cat
 
+from lit_transfer.core.angles import class_angles
+from lit_transfer.core.contract import PredictViewInfo
 from lit_transfer.models.classifier import TransferClassifier
-
-STAGES: tuple[str, ...] = ("train", "val", "test")
+from lit_transfer.models.metrics import STAGES
 
 
 def circular_angle_error(predicted: Tensor, target: Tensor) -> Tensor:
     """``|predicted - target|`` in degrees, folded into [0°, 180°] (350° against 10° is 20°)."""
     return torch.remainder(predicted - target + 180.0, 360.0).sub(180.0).abs()
-
-
-def class_angles(class_names: Sequence[str]) -> list[float]:
-    """The angle of each class from names like ``45°`` or ``22.5°``; ``k * 360 / n`` when a name is no angle."""
-    try:
-        return [float(str(name).strip().rstrip("°")) for name in class_names]
-    except ValueError:
-        return [k * 360 / len(class_names) for k in range(len(class_names))]
 
 
 class CircularAngleError(Metric):
@@ -152,9 +145,8 @@ class RotNetClassifier(TransferClassifier):
         """
         super().on_save_checkpoint(checkpoint)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        describe = getattr(datamodule, "predict_preprocessing", None)
-        if callable(describe):
-            checkpoint.setdefault("lit_transfer", {})["rotation"] = describe()
+        if isinstance(datamodule, PredictViewInfo):
+            checkpoint.setdefault("lit_transfer", {})["rotation"] = datamodule.predict_preprocessing()
 
     @property
     def class_angles(self) -> list[float]:

@@ -17,11 +17,13 @@ import yaml
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lit_transfer.commands import run
+from lit_transfer.commands.datacard import build_datacard
 from lit_transfer.data.base import ImageFilesDataset
 from lit_transfer.data.caltech101 import Caltech101DataModule
 from lit_transfer.data.images import load_rgb
 from lit_transfer.data.splits import SPLITS
-from lit_transfer.data.stats import ChannelStats, build_datacard, compute_channel_stats, main
+from lit_transfer.data.stats import ChannelStats, compute_channel_stats
 from lit_transfer.data.transforms import eval_transform
 
 SIZE = 32
@@ -174,7 +176,10 @@ def test_main_writes_json_plots_and_tensorboard(card_setup: tuple, tmp_path: Pat
     root, _, _, card, _ = card_setup
     out = tmp_path / "card"
     args = ["--data", "lit_transfer.data.caltech101.Caltech101DataModule", "--data.init_args.root", str(root)]
-    main([*args, "--out", str(out), "--data.init_args.image_size", str(SIZE), "--data.init_args.num_workers", "0"])
+    run(
+        "stats",
+        [*args, "--out", str(out), "--data.init_args.image_size", str(SIZE), "--data.init_args.num_workers", "0"],
+    )
     written = json.loads((out / "datacard.json").read_text())
     assert written["splits"] == json.loads(json.dumps(card["splits"]))
     assert written["channel_stats"]["mean"] == pytest.approx(card["channel_stats"]["mean"], rel=1e-12)
@@ -219,7 +224,7 @@ def test_stats_runs_on_the_caltech_configs(card_setup: tuple, tmp_path: Path, na
     config = Path(__file__).parents[2] / "configs" / f"{name}.yaml"
     root = card_setup[0].parent
     overrides = ["--data.init_args.root", str(root), "--data.init_args.image_size", str(SIZE)]
-    main(["--config", str(config), *overrides, "--data.init_args.num_workers", "0", f"--out={tmp_path}"])
+    run("stats", ["--config", str(config), *overrides, "--data.init_args.num_workers", "0", f"--out={tmp_path}"])
     card = json.loads((tmp_path / "datacard.json").read_text())
     assert card["class_names"] == ["alpha", "beta", "gamma"]
     assert card["data_module"] == "lit_transfer.data.caltech101.Caltech101DataModule"

@@ -222,7 +222,7 @@ def test_registered_subcommand(smallcnn: Trained, tmp_path: Path) -> None:
     from lit_transfer.cli import EXTRA_COMMANDS
     from lit_transfer.cli import main as cli_main
 
-    if EXTRA_COMMANDS.get("export") != "lit_transfer.export:main":
+    if "export" not in EXTRA_COMMANDS:
         pytest.skip("`export` is not registered in lit_transfer.cli.EXTRA_COMMANDS yet")
     cli_main(["export", "--ckpt_path", str(smallcnn.ckpt), "--out", str(tmp_path / "cli.onnx")])
     assert onnx_metadata(tmp_path / "cli.onnx")["image_size"] == 32

@@ -9,13 +9,7 @@ import pytest
 import torch
 
 from lit_transfer.cli import main
-from lit_transfer.rotnet_audit import (
-    AuditResult,
-    _after_configs,
-    parse_audit_options,
-    spectral_difference,
-    spectral_sigma,
-)
+from lit_transfer.rotnet_audit import AuditResult, _after_configs, spectral_difference, spectral_sigma
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 # 400 images: at 200 (42 validation images) two of six noise seeds put the safe geometry's best epoch just above
@@ -61,12 +55,17 @@ def test_verdict_options_and_argument_order() -> None:
     assert AuditResult(8, 640, [0.13, 0.2], [0.5, 0.52]).leak  # accuracy above chance + 0.05
     assert AuditResult(8, 640, [0.13, 0.14], [0.5, 0.6]).leak  # parity alone is a leak
     assert AuditResult(4, 40, [], []).tolerance(0.5) == pytest.approx(4 * (0.25 / 40) ** 0.5)
-    argv = ["--config", "x.yaml", "--audit.images=50", "--audit.small", "true", "--a", "1"]
-    options, rest = parse_audit_options(argv)
-    assert (options.images, options.small, options.epochs) == (50, True, 4)
-    assert rest == ["--config", "x.yaml", "--a", "1"]
     moved = _after_configs(["--config", "a", "--config=b", "--x", "1"], ["--s"])
     assert moved == ["--config", "a", "--config=b", "--s", "--x", "1"]  # configs first, small overrides, then flags
+
+
+def test_audit_options_are_validated(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as error:
+        main(["audit-rotnet", "--config", str(CONFIGS / "rotnet_pretrain.yaml"), "--audit.images=5"])
+    assert error.value.code == 2 and "--audit.images=5" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as error:
+        main(["audit-rotnet", "--config", str(CONFIGS / "rotnet_pretrain.yaml"), "--audit.small", "maybe"])
+    assert error.value.code == 2 and "audit.small" in capsys.readouterr().err
 
 
 def test_spectral_statistic_is_calibrated_by_sign_flips() -> None:
