@@ -240,6 +240,7 @@ class LitTransferCLI(LightningCLI):
         config = self._get(self.config_init, "trainer", default={})
         version = self._resolve_ckpt_path()
         if config.get("logger") is None:
+            version = self._run_version(version)
             kwargs.setdefault(
                 "logger", run_logger(self._get(self.config, "runs_dir", "runs"), self._experiment_name(), version)
             )
@@ -255,6 +256,23 @@ class LitTransferCLI(LightningCLI):
             progress_bar=config.get("enable_progress_bar") is not False,
         )
         return super().instantiate_trainer(**kwargs)
+
+    def _run_version(self, resumed: int | None) -> int | None:
+        """The run folder's version: the resumed run's, else a new folder reserved atomically by the first process.
+
+        The processes Lightning's DDP launcher starts inherit the number through the environment; under torchrun
+        the other ranks leave it to Lightning, which broadcasts rank 0's folder wherever one is needed.
+        """
+        runs_dir = str(self._get(self.config, "runs_dir", "runs"))
+        trainer = self._get(self.config_init, "trainer", default={})
+        if resumed is not None or "://" in runs_dir or trainer.get("fast_dev_run"):
+            return resumed  # fast_dev_run: Lightning swaps the logger for a dummy, and nothing would fill the folder
+        if launch_rank() != 0:
+            inherited = os.environ.get(VERSION_ENV, "")
+            return int(inherited) if inherited.isdigit() else None
+        version = reserve_version(Path(runs_dir) / self._experiment_name())
+        os.environ[VERSION_ENV] = str(version)
+        return version
 
     def _resolve_ckpt_path(self) -> int | None:
         """Check ``--ckpt_path`` before anything runs; ``last`` means the newest readable epoch-end checkpoint.
@@ -290,6 +308,8 @@ class LitTransferCLI(LightningCLI):
             self.datamodule.setup(stage)
         except (ValueError, FileNotFoundError, NotADirectoryError, BadImageError) as err:
             raise ConfigError(str(err)) from err
+        if stage == "fit":
+            self._check_resume_data()
         world = self.trainer.world_size
         splits = {"fit": ("val",), "validate": ("val",), "test": ("test",), "predict": ("predict",)}[stage]
         if stage != "predict":
@@ -321,6 +341,23 @@ class LitTransferCLI(LightningCLI):
                 f"the {split} split is empty (data.init_args.{split}_fraction 0 and no {split} folder): give "
                 f"data.init_args.{split}_fraction > 0 (e.g. 0.2), or a {split} folder with data.init_args.{split}_dir"
             )
+
+    def _check_resume_data(self) -> None:
+        """Refuse a resume whose data changed before the trainer starts, so no run file is rewritten.
+
+        Checked again when the trainer restores the checkpoint; here it runs before ``config.yaml`` and
+        ``split_manifest.csv`` of the resumed run are written.
+        """
+        ckpt = self.config_init["fit"].get("ckpt_path")
+        state = checkpoint_state(ckpt) if ckpt else None
+        entry = state.get(type(self.datamodule).__qualname__) if state is not None else None
+        check = getattr(self.datamodule, "resumed_samples", None)
+        if not isinstance(entry, dict) or "manifest" not in entry or check is None:
+            return
+        try:
+            check(entry, warn=False)
+        except (KeyError, ValueError) as err:
+            raise ConfigError(f"--ckpt_path {ckpt!r}: {err}") from err
 
     def _checkpoint_samples(self, ckpt: str) -> list[Any] | None:
         """The split manifest a checkpoint stores for this data module, or ``None`` when it has none."""
@@ -396,6 +433,13 @@ class LitTransferCLI(LightningCLI):
 EXTRA_COMMANDS: dict[str, str] = {name: command.target for name, command in COMMANDS.items()}
 
 
+def _config_hint(argv: list[str], err: Exception) -> str:
+    """For fit/validate/test/predict missing what a config gives, and given no ``--config``: where configs are."""
+    if not argv or argv[0] not in LitTransferCLI.subcommands() or "are required" not in str(err):
+        return ""
+    if any(a in ("--config", "-c") or a.startswith(("--config=", "-c=")) for a in argv):
+        return ""
+    return f"; give the experiment's config: python -m lit_transfer {argv[0]} --config configs/<experiment>.yaml"
 
 
 _CKPT_PATH_HINT = "--ckpt_path last takes the newest readable checkpoint of this experiment"
@@ -418,13 +462,6 @@ def _load_state(path: str, mtime_ns: int, size: int) -> dict[str, Any] | None:
     try:
         state = load_checkpoint(path, mmap=True)
     except CheckpointLoadError:
-def _config_hint(argv: list[str], err: Exception) -> str:
-    """For fit/validate/test/predict missing what a config gives, and given no ``--config``: where configs are."""
-    if not argv or argv[0] not in LitTransferCLI.subcommands() or "are required" not in str(err):
-        return ""
-    if any(a in ("--config", "-c") or a.startswith(("--config=", "-c=")) for a in argv):
-        return ""
-    return f"; give the experiment's config: python -m lit_transfer {argv[0]} --config configs/<experiment>.yaml"
         return None
     return state if isinstance(state, dict) else None
 
@@ -542,6 +579,7 @@ def main(args: list[str] | None = None) -> None:
     quiet_lightning()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _sigterm_outside_training)
+    keep_reserved()
     try:
         if argv and argv[0] in COMMANDS:
             run_command(argv[0], argv[1:])
@@ -551,6 +589,9 @@ def main(args: list[str] | None = None) -> None:
         release_unused()
         print(f"lit_transfer: configuration error: {err}{_config_hint(argv, err)}", file=sys.stderr)
         sys.exit(2)
+    except BadImageError as err:  # the data vanished or broke while running
+        print(f"lit_transfer: stopped: {err}", file=sys.stderr)
+        sys.exit(1)
     except SIGTERMException:
         print("lit_transfer: stopped by SIGTERM after saving interrupted.ckpt", file=sys.stderr)
         sys.exit(143)  # 128 + SIGTERM, what schedulers expect from a process ended by the signal
@@ -559,9 +600,11 @@ def main(args: list[str] | None = None) -> None:
             print(f"lit_transfer: stopped by SIGTERM ({str(err).splitlines()[0][:200]})", file=sys.stderr)
             sys.exit(143)
         hint = loader_hint(str(err))
-        if hint:
-            print(f"lit_transfer: {hint}", file=sys.stderr)
-        raise
+        if hint is None:
+            raise
+        cause = [line.strip() for line in str(err).splitlines() if line.strip()][-1][:300]
+        print(f"lit_transfer: stopped: {hint} ({cause})", file=sys.stderr)
+        sys.exit(1)
 
 
 def loader_hint(message: str) -> str | None:
@@ -577,5 +620,9 @@ def loader_hint(message: str) -> str | None:
             "torch.multiprocessing.set_sharing_strategy('file_system') also helps"
         )
     if "DataLoader timed out" in message:
-        return "a DataLoader worker hung past data.init_args.loader_timeout; check the files it was reading"
+        return (
+            "a DataLoader worker delivered no batch within data.init_args.loader_timeout seconds: a worker stuck "
+            "reading a file (a hung network mount) or a transform that never returns; raise loader_timeout if the "
+            "batches are just slow"
+        )
     return None

@@ -266,15 +266,16 @@ def is_valid_checkpoint(path: str | Path) -> str | None:
 
 
 def newest_valid_checkpoint(folders: list[Path]) -> Path | None:
-    """The most recent epoch-end checkpoint in ``folders`` that loads; unreadable ones are reported and passed over.
+    """The most recent checkpoint in ``folders`` that loads; unreadable ones are reported and passed over.
 
-    ``interrupted.ckpt`` (a mid-epoch SIGTERM save) is not an epoch-end checkpoint and is not considered.
+    That includes ``interrupted.ckpt`` (a mid-epoch SIGTERM save) when it is the newest: the training loader resumes
+    at the batch where it stopped.
     """
     candidates = [
         p
         for folder in folders
         for p in folder.glob("*.ckpt")
-        if not p.name.startswith(INTERRUPTED_NAME) and p.stem != BEST_NAME  # best.ckpt is another name of a file
+        if p.stem != BEST_NAME  # best.ckpt is another name of a file
     ]
     for path in sorted(candidates, key=lambda p: (p.stat().st_mtime, p.name.startswith("last")), reverse=True):
         reason = is_valid_checkpoint(path)

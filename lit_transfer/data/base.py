@@ -13,7 +13,7 @@ from typing import Any, Literal, Protocol
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from lit_transfer.core.batches import BadSample, Batch, FeatureBatch, keep_batch
 from lit_transfer.core.run_folder import run_dir
@@ -148,11 +148,42 @@ def collate_skipping_bad(items: list[Any]) -> Batch:
         empty = torch.empty(0, dtype=torch.long)
         return Batch(torch.empty(0, 3, 1, 1, dtype=torch.uint8), empty, empty, bad)
     return Batch(
-        torch.stack([g[0] for g in good]),
-        torch.tensor([g[1] for g in good], dtype=torch.long),
-        torch.tensor([g[2] for g in good], dtype=torch.long),
+        stack_shared([g[0] for g in good]),
+        _shared(torch.tensor([g[1] for g in good], dtype=torch.long)),
+        _shared(torch.tensor([g[2] for g in good], dtype=torch.long)),
         bad,
     )
+
+
+def stack_shared(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack``; in a loader worker, straight into shared memory, as PyTorch's default collate does.
+
+    A worker's batch travels to the training process through shared memory (``/dev/shm``). Left to the queue's
+    background thread, a full ``/dev/shm`` fails there, unseen, and the training process waits forever for the
+    batch; allocated here, the error reaches the training process and names shared memory.
+    """
+    if get_worker_info() is None:
+        return torch.stack(tensors)
+    first = tensors[0]
+    storage = first._typed_storage()._new_shared(sum(t.numel() for t in tensors), device=first.device)
+    out = first.new(storage).resize_(len(tensors), *first.shape)
+    return torch.stack(tensors, out=out)
+
+
+def _shared(tensor: torch.Tensor) -> torch.Tensor:
+    """In a loader worker, ``tensor`` moved to shared memory now, so a full ``/dev/shm`` fails here (see above)."""
+    return tensor.share_memory_() if get_worker_info() is not None else tensor
+
+
+class DatasetWrapper(Protocol):
+    """A hook that may serve a split from something other than its image files.
+
+    See :meth:`BaseImageDataModule.set_dataset_wrapper`; the FeatureCache callback's hook serves cached features.
+    """
+
+    def __call__(self, datamodule: BaseImageDataModule, split: str, dataset: Dataset) -> Dataset | None:
+        """The dataset to load ``split`` from instead of ``dataset``, or ``None`` to load the images as usual."""
+        ...
 
 
 class BaseImageDataModule(pl.LightningDataModule):
@@ -244,6 +275,7 @@ class BaseImageDataModule(pl.LightningDataModule):
         self.data_root: Path = Path(".")
         self.predict_paths: list[str] = []
         self.bad_found: list[BadSample] = []
+        self._bad_while_running: set[str] = set()
         self._reported: set[str] = set()
         self._written_to: str | None = None
         self._synced = False
@@ -475,7 +507,27 @@ class BaseImageDataModule(pl.LightningDataModule):
                     f"skipped {len(new)} image(s) that failed to decode ({new[0].path}: {new[0].reason}); "
                     f"{len(self.bad_found)} in {BAD_IMAGES_NAME} so far"
                 )
+                self._check_bad_during_run(new)
         return batch
+
+    def _check_bad_during_run(self, new: list[BadSample]) -> None:
+        """Stop when more than ``max_bad_fraction`` of the images became unreadable while running.
+
+        Files deleted or a disk unmounted mid-run: training on what is left would end with exit status 0 and a
+        meaningless model. Counted as at setup, over every image of the data set (of this process's share).
+        """
+        self._bad_while_running |= {b.path for b in new}
+        world, _ = self._world()
+        total = sum(len(d) for d in self._datasets.values() if d is not None)  # type: ignore[arg-type]
+        share = total / world
+        if share and len(self._bad_while_running) > self.max_bad_fraction * share:
+            example = new[-1]
+            raise BadImageError(
+                f"{len(self._bad_while_running)} of the {total} images (this process's share: {share:g}) could not "
+                f"be read during the run, more than data.init_args.max_bad_fraction={self.max_bad_fraction}; e.g. "
+                f"{example.path}: {example.reason}. The data changed or became unreadable while training: restore it "
+                f"and resume with --ckpt_path last (each file is listed in {BAD_IMAGES_NAME})"
+            )
 
     # --- checkpoint state: the split manifest ---------------------------------------------------------------------
 
@@ -515,15 +567,26 @@ class BaseImageDataModule(pl.LightningDataModule):
         """
         if not state or "manifest" not in state:
             return
+        if not self.samples:
+            self.samples = self._saved_samples(state)
+            self._build_datasets()
+            return
+        self.samples = self.resumed_samples(state)
+        self._build_datasets()
+        self._written_to = None
+        self._write_run_files()
+
+    def resumed_samples(self, state: dict[str, Any], warn: bool = True) -> list[Sample]:
+        """The checkpoint's split assignment under the names the files have on disk now.
+
+        Raises ``ValueError`` when the classes or the files differ from the checkpoint's: the CLI calls this before
+        training, so a refused resume rewrites none of the run's files.
+        """
         if list(state["class_names"]) != self.class_names:
             raise ValueError(
                 f"the checkpoint's classes {state['class_names']} differ from the data's {self.class_names}"
             )
         saved = self._saved_samples(state)
-        if not self.samples:
-            self.samples = saved
-            self._build_datasets()
-            return
 
         # two files whose names differ only in Unicode form are compared as they are
         nfc = len({(unicodedata.normalize("NFC", s.path), s.label) for s in self.samples}) == len(self.samples)
@@ -540,14 +603,28 @@ class BaseImageDataModule(pl.LightningDataModule):
                 f"the data changed since the checkpoint was written: {len(added)} file(s) added {added[:5]}, "
                 f"{len(removed)} removed or relabelled {removed[:5]}. Restore the files or start a new run"
             )
-        if {(key(s.path), s.split) for s in self.samples} != {(key(s.path), s.split) for s in saved}:
+        if warn and {(key(s.path), s.split) for s in self.samples} != {(key(s.path), s.split) for s in saved}:
             rank_zero_warn("the split settings changed since the checkpoint; keeping the checkpoint's splits")
-        self.samples = [Sample(on_disk[(key(s.path), s.label)], s.label, s.split) for s in saved]
-        self._build_datasets()
-        self._written_to = None
-        self._write_run_files()
+        return [Sample(on_disk[(key(s.path), s.label)], s.label, s.split) for s in saved]
 
     # --- loaders --------------------------------------------------------------------------------------------------
+
+    @property
+    def dataset_wrapper(self) -> DatasetWrapper | None:
+        """The hook registered with :meth:`set_dataset_wrapper`, or ``None``."""
+        return self._dataset_wrapper
+
+    def set_dataset_wrapper(self, wrapper: DatasetWrapper | None) -> None:
+        """Register the hook the loaders ask for a replacement of a split's dataset; ``None`` removes it.
+
+        Every loader built while a hook is registered calls ``wrapper(self, split, dataset)``. A dataset it returns
+        is loaded instead of ``dataset`` with the same sampler, batch size and ``drop_last``, so the batches are the
+        same and in the same order; it is read in the main process, and its items are whole batches (built by its
+        ``__getitems__``, as :class:`~lit_transfer.features.FeatureDataset` does) that
+        :func:`~lit_transfer.core.batches.keep_batch` passes through. ``None`` keeps the image loader. One hook at a
+        time: the FeatureCache callback registers one in ``setup`` and removes it in ``teardown``.
+        """
+        self._dataset_wrapper = wrapper
 
     def _loader(self, split: str, shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
         dataset = self._datasets.get(split)
@@ -595,6 +672,7 @@ class BaseImageDataModule(pl.LightningDataModule):
                 drop_last=drop_last,
                 pin_memory=pin,
                 generator=torch.Generator().manual_seed(self.seed),
+                **options,
             )
         return loader(
             dataset,
@@ -607,30 +685,19 @@ class BaseImageDataModule(pl.LightningDataModule):
             persistent_workers=self.persistent_workers and workers > 0,
             timeout=self.loader_timeout if workers > 0 else 0,
             generator=torch.Generator().manual_seed(self.seed),
+            **options,
         )
+
+    def _epoch_batches_done(self) -> int:
+        """Batches of the current epoch the training loop has finished (what a mid-epoch checkpoint has trained)."""
+        trainer = self.trainer
+        return 0 if trainer is None else trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def loader_workers(self) -> int:
         """Loader processes per training process: ``num_workers``, or this process's share of the cores by default."""
         trainer = self.trainer
         if self._auto_workers and trainer is not None and trainer.num_devices > 1:
             return max(1, self.num_workers // trainer.num_devices)  # the processes of a node share its cores
-    @property
-    def dataset_wrapper(self) -> DatasetWrapper | None:
-        """The hook registered with :meth:`set_dataset_wrapper`, or ``None``."""
-        return self._dataset_wrapper
-
-    def set_dataset_wrapper(self, wrapper: DatasetWrapper | None) -> None:
-        """Register the hook the loaders ask for a replacement of a split's dataset; ``None`` removes it.
-
-        Every loader built while a hook is registered calls ``wrapper(self, split, dataset)``. A dataset it returns
-        is loaded instead of ``dataset`` with the same sampler, batch size and ``drop_last``, so the batches are the
-        same and in the same order; it is read in the main process, and its items are whole batches (built by its
-        ``__getitems__``, as :class:`~lit_transfer.features.FeatureDataset` does) that
-        :func:`~lit_transfer.core.batches.keep_batch` passes through. ``None`` keeps the image loader. One hook at a
-        time: the FeatureCache callback registers one in ``setup`` and removes it in ``teardown``.
-        """
-        self._dataset_wrapper = wrapper
-
         return self.num_workers
 
     def loader_epoch(self) -> int:
@@ -672,12 +739,5 @@ class BaseImageDataModule(pl.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-                **options,
         """Batches of ``predict_dir`` images; targets are indices into :attr:`predict_paths`."""
         return self._loader("predict", shuffle=False)
-            **options,
-    def _epoch_batches_done(self) -> int:
-        """Batches of the current epoch the training loop has finished (what a mid-epoch checkpoint has trained)."""
-        trainer = self.trainer
-        return 0 if trainer is None else trainer.fit_loop.epoch_loop.batch_progress.current.processed
-

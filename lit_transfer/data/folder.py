@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import warnings
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,11 @@ def scan_class_folders(folder: Path, class_names: list[str]) -> dict[str, list[s
         walk = walk_images(class_folder)
         warn_links(class_folder, walk)
         if walk.unreadable and walk.unreadable[0][0] == str(class_folder):
-            raise ValueError(f"class folder {str(class_folder)!r} cannot be read ({walk.unreadable[0][1]})")
+            raise ValueError(
+                f"class folder {str(class_folder)!r} cannot be read ({walk.unreadable[0][1]}): give the user running "
+                f"lit_transfer read access (chmod -R u+rX {shlex.quote(str(class_folder))}), or move the folder out "
+                "of the data root"
+            )
         report_unreadable(walk.unreadable)
         if not walk.images:
             raise ValueError(

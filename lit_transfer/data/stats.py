@@ -30,9 +30,9 @@ class ChannelStats:
 
     def update(self, image: torch.Tensor) -> None:
         """Add one ``(C, H, W)`` image."""
-        integer = not image.is_floating_point()
-        x = image.to(torch.int64 if integer else torch.float64).flatten(1)
-        self.add(x.sum(dim=1).tolist(), (x * x).sum(dim=1).tolist(), x.shape[1], integer)
+        sums = _sums_of(image)
+        assert sums is not None
+        self.add(*sums)
 
     def add(self, sums: Sequence[Any], squares: Sequence[Any], count: int, integer: bool) -> None:
         """Add precomputed per-channel sums of ``x`` and ``x²`` over ``count`` pixels per channel."""
@@ -77,10 +77,12 @@ def compute_channel_stats(dataset: Dataset, num_workers: int = 0) -> tuple[list[
         num_workers: loader processes decoding the images.
     """
     stats = ChannelStats()
-    loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_image_of)
-    for image in loader:
-        if image is not None:
-            stats.update(image)
+    # the workers send back per-channel sums, plain integers: no image crosses /dev/shm, where a full one would
+    # fail unseen in the queue's background thread and leave this loop waiting forever
+    loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_sums_of)
+    for sums in loader:
+        if sums is not None:
+            stats.add(*sums)
     return stats.result()
 
 

@@ -238,3 +238,15 @@ def test_old_checkpoint_format_still_loads(tmp_path: Path) -> None:
         warnings.simplefilter("error")
         fresh.load_state_dict({"class_names": list(dm.class_names), "manifest": old})
     assert fresh.samples == dm.samples
+
+
+def test_unreadable_class_folder_says_how_to_fix_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    root = tmp_path / "data"
+    _tree_with_locked_folder(root)
+    _deny(monkeypatch, root / "y")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", *_fit_args(root, 1)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "cannot be read" in err and "Permission denied" in err, err[-2000:]
+    assert f"chmod -R u+rX {root / 'y'}" in err and "holds no image" not in err

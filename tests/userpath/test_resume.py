@@ -95,3 +95,42 @@ def test_kill_9_at_a_random_moment_then_resume_last_is_bitwise_exact(work: Path)
     lit(*fit_args(work / "data", "killed"), "--ckpt_path", "last", cwd=work)
     assert torch.load(ckpt, weights_only=True)["epoch"] == EPOCHS - 1
     assert_bitwise_equal(last_ckpt(work, "straight"), ckpt, when)
+
+
+def sigterm_during_fit(work: Path, experiment: str, delay: float) -> tuple[Path, int, int]:
+    """Start a fit, SIGTERM it ``delay`` s after its first checkpoint: (its checkpoints folder, epoch, batches done)."""
+    ckpts = last_ckpt(work, experiment).parent
+    proc = subprocess.Popen(
+        lit_command(*fit_args(work / "data", experiment)), cwd=work, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not (ckpts / "last.ckpt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 143, err[-3000:]
+    saved = torch.load(ckpts / "interrupted.ckpt", weights_only=True)
+    return ckpts, saved["epoch"], saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"]
+
+
+def test_sigterm_mid_epoch_then_resume_last_is_bitwise_exact(work: Path) -> None:
+    """Issue 13: the epoch continued at the saved batch index but the loader restarted at its first batch."""
+    epoch = epoch_seconds(last_ckpt(work, "straight").parents[1])
+    for attempt in range(3):  # the signal must land between two training steps of an epoch (3 per epoch)
+        ckpts, stopped_epoch, done = sigterm_during_fit(work, f"termed{attempt}", (0.15 + 0.2 * attempt) * epoch)
+        if 0 < done < 3:
+            break
+    else:
+        pytest.fail(f"three SIGTERMs all landed on an epoch boundary (last: epoch {stopped_epoch}, batch {done})")
+
+    # as after a SIGTERM in epoch 0: interrupted.ckpt is the run's only checkpoint, and --ckpt_path last takes it
+    for other in ckpts.glob("*.ckpt"):
+        if other.name != "interrupted.ckpt":
+            other.unlink()
+    resumed = lit(*fit_args(work / "data", f"termed{attempt}"), "--ckpt_path", "last", cwd=work)
+    assert "interrupted.ckpt" in resumed.stderr + resumed.stdout
+    assert "not resumable" not in resumed.stderr  # Lightning's warning for loaders that restart mid-epoch
+    when = f"(stopped after batch {done} of epoch {stopped_epoch})"
+    assert_bitwise_equal(last_ckpt(work, "straight"), ckpts / "last.ckpt", when)
