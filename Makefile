@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.2
 DEMO_DATA ?= data/digits
 
-.PHONY: help venv demo test lint bench bench-gpu tensorboard clean
+.PHONY: help venv demo test lint typecheck bench bench-gpu tensorboard clean
 
 help:  ## list the commands
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -29,9 +29,12 @@ demo: venv  ## build the digits demo data set and train the quickstart config on
 test: venv  ## run the test suite
 	$(BIN)/python -m pytest
 
-lint: venv  ## ruff
+lint: venv  ## ruff: lint everything, check the package's formatting
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check lit_transfer
+
+typecheck: venv  ## mypy on the package (settings in pyproject.toml: untyped defs are errors)
+	$(BIN)/mypy
 
 bench: venv  ## CPU benchmarks against plain PyTorch (ratios, ~7 min with --quick): benchmarks/results.json
 	$(BIN)/python benchmarks/run.py --quick
@@ -43,4 +46,4 @@ tensorboard: venv  ## serve the runs folder on http://localhost:6006
 	$(BIN)/tensorboard --logdir runs
 
 clean:  ## remove the virtual environment and caches (runs/ and data/ are kept)
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -27,7 +27,7 @@ def build_digits(out_dir: str | Path, size: int = 32) -> int:
         target = folder / f"{i:04d}.png"
         if target.exists():
             continue
-        img = Image.fromarray(np.uint8(np.rint(pixels * 255 / 16)), "L").resize((size, size), Image.BICUBIC)
+        img = Image.fromarray(np.uint8(np.rint(pixels * 255 / 16)), "L").resize((size, size), Image.Resampling.BICUBIC)
         img.save(target)
     return len(digits.target)
 

@@ -312,7 +312,7 @@ def run_audit(argv: Sequence[str]) -> AuditResult:
         data.setup("fit")
         spectral = spectral_test(data)
         recorder = ValidationRecorder()
-        cli.trainer.callbacks.append(recorder)
+        cli.trainer.callbacks.append(recorder)  # type: ignore[attr-defined]  # Lightning sets it, undeclared
         print(
             f"audit-rotnet: {data.num_rotations} rotations ({data.angle_mode}), {data.geometry} geometry, "
             f"{options.images} noise images, {data.image_size} px views from {data.source_size} px sources, "

@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from lit_transfer.callbacks import PredictionWriter, RunCheckpoint, TensorBoardReports
 from lit_transfer.callbacks.checkpoint import AsyncAtomicCheckpointIO
+from lit_transfer.callbacks.data_check import UnreadableDataCheck
 from lit_transfer.callbacks.progress import ThrottledProgressBar
 from lit_transfer.callbacks.reproducibility import EpochSeeder
 from lit_transfer.callbacks.signals import SigtermHandler
@@ -36,7 +37,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {"use_distributed_sampler": False}
 
 def run_logger(runs_dir: str | os.PathLike[str], experiment: str, version: int | None = None) -> TensorBoardLogger:
     """The run-folder logger: TensorBoard events in ``<runs_dir>/<experiment>/version_N/``."""
-    return TensorBoardLogger(save_dir=runs_dir, name=experiment, version=version, default_hp_metric=False)
+    return TensorBoardLogger(save_dir=os.fspath(runs_dir), name=experiment, version=version, default_hp_metric=False)
 
 
 def with_checkpoint_io(plugins: Any) -> list[Any] | None:
@@ -50,11 +51,11 @@ def with_checkpoint_io(plugins: Any) -> list[Any] | None:
 def default_callbacks(seed: int | bool | None, logger: bool = True, progress_bar: bool = True) -> list[Callback]:
     """The callbacks every lit_transfer Trainer gets, after the configured ones.
 
-    Prediction writing and SIGTERM handling always; per-epoch seeding when ``seed`` is an integer (not
-    ``None``/``False``); the learning-rate monitor when there is a ``logger``; the throttled progress bar when the
-    ``progress_bar`` is on.
+    Prediction writing, SIGTERM handling and the mid-run unreadable-data check always; per-epoch seeding when
+    ``seed`` is an integer (not ``None``/``False``); the learning-rate monitor when there is a ``logger``; the
+    throttled progress bar when the ``progress_bar`` is on.
     """
-    callbacks: list[Callback] = [PredictionWriter(), SigtermHandler()]
+    callbacks: list[Callback] = [PredictionWriter(), SigtermHandler(), UnreadableDataCheck()]
     if seed is not False and seed is not None:
         callbacks.append(EpochSeeder(int(seed)))
     if logger:

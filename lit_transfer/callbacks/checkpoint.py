@@ -20,6 +20,14 @@ from lightning_utilities.core.apply_func import apply_to_collection
 
 from lit_transfer.callbacks.signals import sigterm_received
 from lit_transfer.core.checkpoints import CheckpointLoadError, checkpoint_error, load_checkpoint
+from lit_transfer.core.lightning_private import (
+    checkpoint_schedule,
+    dump_checkpoint,
+    last_saved_step,
+    save_last,
+    saves_on_train_epoch_end,
+    skips_saving,
+)
 
 INTERRUPTED_NAME = "interrupted"
 BEST_NAME = "best"  # best.ckpt: always the best checkpoint by the monitored metric, for predict/export/validate
@@ -298,7 +306,7 @@ class RunCheckpoint(ModelCheckpoint):
     @property
     def state_key(self) -> str:
         """ModelCheckpoint's key, cached: Lightning reads it at every hook call of every step."""
-        facts = (self.monitor, self.mode, self._every_n_train_steps, self._every_n_epochs, self._train_time_interval)
+        facts = (self.monitor, self.mode, *checkpoint_schedule(self))
         cached = getattr(self, "_state_key_cache", None)
         if cached is None or cached[0] != facts:
             cached = (facts, super().state_key)
@@ -334,6 +342,7 @@ class RunCheckpoint(ModelCheckpoint):
         super().load_state_dict(state_dict)
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        # a private hook of ModelCheckpoint (see lit_transfer.core.lightning_private): after every save
         super()._save_checkpoint(trainer, filepath)
         if filepath == self.best_model_path and self.dirpath is not None and trainer.is_global_zero:
             checkpoint_io = trainer.strategy.checkpoint_io
@@ -341,26 +350,26 @@ class RunCheckpoint(ModelCheckpoint):
                 checkpoint_io.link_checkpoint(filepath, os.path.join(self.dirpath, BEST_NAME + self.FILE_EXTENSION))
 
     def _refresh_last(self, trainer: pl.Trainer) -> None:
-        if self.save_last and self._last_global_step_saved != trainer.global_step:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if self.save_last and last_saved_step(self) != trainer.global_step:
+            save_last(self, trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Save top-k and last at the end of the training epoch when configured so."""
         super().on_train_epoch_end(trainer, pl_module)
-        if not self._should_skip_saving_checkpoint(trainer) and self._should_save_on_train_epoch_end(trainer):
+        if not skips_saving(self, trainer) and saves_on_train_epoch_end(self, trainer):
             self._refresh_last(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Save top-k and last after validation."""
         super().on_validation_end(trainer, pl_module)
-        if not self._should_skip_saving_checkpoint(trainer) and not self._should_save_on_train_epoch_end(trainer):
+        if not skips_saving(self, trainer) and not saves_on_train_epoch_end(self, trainer):
             self._refresh_last(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """On SIGTERM (pre-emption, ``scancel``), save the progress of the current epoch as ``interrupted.ckpt``."""
         # after SIGTERM, a collective that fails because another rank has already stopped is part of the same stop
         stopping = isinstance(exception, SIGTERMException) or sigterm_received()
-        if not stopping or trainer.fast_dev_run or self.dirpath is None:
+        if not stopping or trainer.fast_dev_run or self.dirpath is None:  # type: ignore[attr-defined]  # set, undeclared
             super().on_exception(trainer, pl_module, exception)
             return
         if not trainer.is_global_zero:
@@ -368,7 +377,7 @@ class RunCheckpoint(ModelCheckpoint):
         # Written by rank 0 alone, without trainer.save_checkpoint's barrier: ranks stop at different points after a
         # signal (one may be inside validation, another in a collective), and a barrier here could wait forever.
         path = os.path.join(self.dirpath, f"{INTERRUPTED_NAME}{self.FILE_EXTENSION}")
-        checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        checkpoint = dump_checkpoint(trainer)
         checkpoint_io = trainer.strategy.checkpoint_io
         checkpoint_io.save_checkpoint(checkpoint, path)
         if isinstance(checkpoint_io, AsyncAtomicCheckpointIO):

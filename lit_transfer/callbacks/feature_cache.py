@@ -7,7 +7,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import lightning.pytorch as pl
 import torch
@@ -88,7 +88,7 @@ class FeatureCache(Callback):
         reason = self.model_reason(pl_module)
         if reason is None and not isinstance(datamodule, BaseImageDataModule):
             reason = "off: the data module is not a lit_transfer image data module"
-        if reason is None and trainer.fast_dev_run:
+        if reason is None and trainer.fast_dev_run:  # type: ignore[attr-defined]  # Lightning sets it, undeclared
             reason = "off under fast_dev_run, which would extract every image of a split for one batch"
         if reason is not None:
             if self.enabled is True:
@@ -178,8 +178,8 @@ class FeatureCache(Callback):
             "split": split,
             "backbone": hparams.get("backbone"),
             "weights": self._weights_digest(model),
-            "mean": model.mean.flatten().tolist(),  # type: ignore[union-attr, operator]
-            "std": model.std.flatten().tolist(),  # type: ignore[union-attr, operator]
+            "mean": cast(torch.Tensor, model.mean).flatten().tolist(),  # buffers of a TransferClassifier
+            "std": cast(torch.Tensor, model.std).flatten().tolist(),
             "channels_last": bool(hparams.get("channels_last", False)),
             "compile": repr(hparams.get("compile", False)),
             "precision": str(trainer.precision),
@@ -207,7 +207,8 @@ class FeatureCache(Callback):
         strategy = trainer.strategy
         world, rank = trainer.world_size, trainer.global_rank
         self.folder.mkdir(parents=True, exist_ok=True)
-        build = strategy.broadcast(fc.build_folder(self.folder, final.name) if rank == 0 else None, src=0)
+        # rank 0's folder, on every rank
+        build = cast(Path, strategy.broadcast(fc.build_folder(self.folder, final.name) if rank == 0 else None, src=0))
         rank_zero_info(
             f"feature cache: extracting {split} features of {len(dataset):,} images with "
             f"{model.hparams.get('backbone')} into {final}"

@@ -35,17 +35,17 @@ class PredictionWriter(BasePredictionWriter):
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             parts = [None] * trainer.world_size
             torch.distributed.all_gather_object(parts, local)
-        parts = [p for p in parts if p is not None]
-        if not parts:
+        found = [p for p in parts if p is not None]
+        if not found:
             return None, None
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        return torch.cat([p[0] for p in found]), torch.cat([p[1] for p in found])
 
     def write_on_epoch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Sequence[Any], batch_indices: Any
     ) -> None:
         """Write the CSV once all batches are predicted."""
         probs, index = self._gather(trainer, predictions)
-        if not trainer.is_global_zero or index is None:
+        if not trainer.is_global_zero or probs is None or index is None:  # both None or neither
             return
         names = list(getattr(pl_module, "class_names", [str(i) for i in range(probs.shape[1])]))
         paths = trainer.datamodule.predict_paths  # type: ignore[attr-defined]

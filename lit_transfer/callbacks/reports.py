@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import numpy as np
@@ -283,7 +283,7 @@ class TensorBoardReports(Callback):
         top = wrong[confidence[wrong].topk(min(self.max_mistakes, len(wrong))).indices]
         if isinstance(batch, FeatureBatch):
             # cached features carry no pixels: keep the dataset index, the image is read at epoch end if it ranks
-            data = data_info(trainer.datamodule)
+            data = data_info(getattr(trainer, "datamodule", None))
             size = int(data.image_size) if data is not None else 32
             self._image_shape = (3, size, size)
             shown: list[Any] = [int(batch.indices[i]) for i in top.tolist()]
@@ -316,7 +316,8 @@ class TensorBoardReports(Callback):
             confidence[i], images[i], labels[i] = c, image, torch.tensor([true, pred])
         device = pl_module.device
         gathered = [
-            pl_module.all_gather(t.to(device)).flatten(0, 1).cpu() for t in (confidence, images, labels)
+            cast(torch.Tensor, pl_module.all_gather(t.to(device))).flatten(0, 1).cpu()  # a tensor in, a tensor out
+            for t in (confidence, images, labels)
         ]  # every rank takes part: all_gather is a collective
         order = [i for i in gathered[0].argsort(descending=True).tolist() if gathered[0][i] >= 0][:k]
         return [(float(gathered[0][i]), gathered[1][i], int(gathered[2][i, 0]), int(gathered[2][i, 1])) for i in order]

@@ -11,6 +11,8 @@ from types import FrameType
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
+from lit_transfer.core.lightning_private import signal_connector
+
 GRACE_ENV = "LIT_TRANSFER_SIGTERM_GRACE"
 _RECEIVED = threading.Event()
 
@@ -52,7 +54,7 @@ class SigtermHandler(Callback):
         """Install the handler (Lightning installs its own just before training starts)."""
         if threading.current_thread() is not threading.main_thread():
             return
-        connector = trainer._signal_connector
+        connector = signal_connector(trainer)
 
         def handle(signum: int, frame: FrameType | None) -> None:
             _RECEIVED.set()

@@ -124,7 +124,7 @@ def build_parser(name: str) -> ArgumentParser:
             action.nargs, action.const = "?", True
     for alias, option in command.aliases.items():
         action = parser._option_string_actions[option]
-        action.option_strings.append(alias)
+        action.option_strings = [*action.option_strings, alias]
         parser._option_string_actions[alias] = action
     return parser
 

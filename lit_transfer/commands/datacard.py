@@ -93,7 +93,8 @@ class _FileInspector(Dataset):
         return record
 
 
-def _identity(record: dict[str, Any]) -> dict[str, Any]:
+def _identity(record: Any) -> Any:
+    # the collate_fn of a loader with batch_size=None gets one record (a dict), not a list: hand it on as it is
     return record
 
 

@@ -81,7 +81,8 @@ def load_checkpoint(
     if not file.is_file():
         raise _error(f"{what} {shown!r} does not exist", shown, "it does not exist", hint, CheckpointNotFoundError)
     try:
-        mmap = mmap and _head(file).startswith(_ZIP_MAGIC)
+        head = _head(file)
+        mmap = mmap and head is not None and head.startswith(_ZIP_MAGIC)
         obj = torch.load(file, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:
         raise checkpoint_error(shown, err, what=what, hint=hint) from err

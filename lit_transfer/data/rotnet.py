@@ -1,101 +1,39 @@
-"""RotNetDataModule: self-supervised rotation prediction on unlabeled images (RotNet, and RotNet-by-45°)."""
+"""RotNetDataModule: self-supervised rotation prediction on unlabeled images (RotNet, and RotNet-by-45°).
+
+Its parts live in their own modules: the classes (:mod:`~lit_transfer.data.rotnet_classes`), the source and
+``predict`` preprocessing (:mod:`~lit_transfer.data.rotnet_preprocessing`), the rotated views
+(:mod:`~lit_transfer.data.rotnet_dataset`), the ``all_rotations`` order (:mod:`~lit_transfer.data.rotnet_sampler`)
+and the ``write_upright`` folder (:mod:`~lit_transfer.data.upright_folder`). Their names stay importable from here.
+"""
 
 from __future__ import annotations
 
 import fnmatch
-import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
 
-from lit_transfer.core.angles import angle_name, class_angles
-from lit_transfer.data.base import (
-    BadSample,
-    BaseImageDataModule,
-    EpochSampler,
-    ImageFilesDataset,
-    mix_seed,
-)
+from lit_transfer.core.angles import class_angles
+from lit_transfer.data.base import BaseImageDataModule
 from lit_transfer.data.checkpoint_classes import checkpoint_classes
+from lit_transfer.data.dataset import ImageFilesDataset
 from lit_transfer.data.images import find_images
-from lit_transfer.data.rotation import BAND_INNER, BAND_OUTER, rotate_views, source_padding, source_size
+from lit_transfer.data.rotation import source_size
+from lit_transfer.data.rotnet_classes import AngleMode, rotation_class_names
+from lit_transfer.data.rotnet_classes import angle_bin as angle_bin  # re-exported
+from lit_transfer.data.rotnet_dataset import RotationDataset
+from lit_transfer.data.rotnet_preprocessing import Geometry, SquareMode, predict_preprocessing, square_transform
+from lit_transfer.data.rotnet_sampler import RotationGroupSampler
 from lit_transfer.data.splits import Sample, stratified_split
 from lit_transfer.data.transforms import Transform, train_transform
+from lit_transfer.data.upright_folder import UPRIGHT_MARKER as UPRIGHT_MARKER  # re-exported
+from lit_transfer.data.upright_folder import check_upright_folder
 
-AngleMode = Literal["discrete", "binned"]
-Geometry = Literal["safe", "naive"]
-SquareMode = Literal["crop", "resize"]
 SOURCE_CLASS = "images"  # the single pseudo-class the split is stratified over
-
-
-def rotation_class_names(num_rotations: int, angle_mode: AngleMode = "discrete") -> list[str]:
-    """Class names ``0°, 45°, …``: each class's angle, in ``binned`` mode too (the centre of its bin).
-
-    The names are the same in both modes (``angle_mode`` is accepted for symmetry): bins are centred on the
-    multiples of the step, so class 0 is upright and the angle of class ``k`` is what undoes it.
-    """
-    step = 360 / num_rotations
-    return [angle_name(k * step) for k in range(num_rotations)]
-
-
-def angle_bin(angle: float, num_rotations: int) -> int:
-    """The ``binned`` class of a counter-clockwise ``angle``: bin ``k`` covers ``[k·step - step/2, k·step + step/2)``.
-
-    So 10° and 350° are class 0 (upright) and 30° class 1 with 45° steps.
-    """
-    step = 360 / num_rotations
-    return int(((angle % 360) + step / 2) // step) % num_rotations
-
-
-def predict_preprocessing(
-    image_size: int,
-    num_rotations: int = 8,
-    angle_mode: AngleMode = "discrete",
-    geometry: Geometry = "safe",
-    square: SquareMode = "crop",
-    decode_scale: float | None = 2.0,
-    source_side: int | None = None,
-) -> dict[str, Any]:
-    """How :class:`RotNetDataModule` makes the ``predict`` view (the 0° view) of a photo, as plain values.
-
-    The view is: the photo decoded (a large JPEG at a reduced size whose shorter side is at least
-    ``decode_min_side``), made a ``source_size`` square (``square``: short side resized and the centre cropped, or
-    squashed; antialiased bilinear), then, when ``low_pass`` is set, reflect-padded by ``low_pass["pad"]``,
-    low-passed by the isotropic raised cosine (flat to ``inner``, zero from ``outer`` of the Nyquist frequency) and
-    rounded; finally the central ``image_size`` square. The ``naive`` geometry and exact ``rot90`` rotations
-    (4 discrete classes) use no low-pass and a source of ``image_size``. ``source_side`` overrides the source size.
-    """
-    right_angles_only = num_rotations == 4 and angle_mode == "discrete"
-    side = int(source_side or source_size(image_size, geometry, right_angles_only))
-    filtered = geometry == "safe" and side != image_size  # what rotation.safe_rotations does for a 0° view
-    return {
-        "geometry": geometry,
-        "square": square,
-        "num_rotations": int(num_rotations),
-        "angle_mode": angle_mode,
-        "image_size": int(image_size),
-        "source_size": side,
-        "low_pass": (
-            {"inner": BAND_INNER, "outer": BAND_OUTER, "pad": source_padding(side), "padding": "reflect"}
-            if filtered
-            else None
-        ),
-        "decode_scale": decode_scale,
-        "decode_min_side": None if decode_scale is None else math.ceil(decode_scale * side),
-    }
-
-
-def square_transform(size: int, square: SquareMode = "crop") -> Transform:
-    """PIL image → ``uint8`` square of side ``size``: the centre square of the photo, or the whole photo squashed."""
-    if square == "crop":
-        return v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
-    return v2.Compose([v2.PILToTensor(), v2.Resize((size, size), antialias=True)])
 
 
 def matches(path: str, patterns: Sequence[str]) -> bool:
@@ -105,146 +43,6 @@ def matches(path: str, patterns: Sequence[str]) -> bool:
     """
     name = path.rsplit("/", 1)[-1].lower()
     return any(fnmatch.fnmatchcase(path.lower() if "/" in p else name, p.lower()) for p in patterns)
-
-
-class RotationDataset(Dataset):
-    """Rotated views of the square source images of an :class:`ImageFilesDataset`.
-
-    Items are ``(uint8 view, label, source index)`` (or the source's :class:`BadSample`), so base's collate, bad-image
-    report and ``paths_of`` work unchanged. Items are addressed by a position or by ``(position, epoch)``.
-
-    - ``random``: one view per image, its rotation drawn from ``(seed, epoch, index)``;
-    - ``grouped``: every rotation of every image, at ``index * num_rotations + k``, for validation and testing, and
-      for training with ``all_rotations`` (with :class:`RotationGroupSampler`);
-    - ``upright``: the unrotated view with the source's own target (the file index), for prediction.
-
-    Consecutive items of one image are made together from one decode and one band-limited source. Only training
-    (``per_epoch``) lets the epoch change augmentation and binned angles; evaluation views never change.
-    """
-
-    def __init__(
-        self,
-        images: ImageFilesDataset,
-        mode: Literal["random", "grouped", "upright"],
-        num_rotations: int,
-        angle_mode: AngleMode,
-        geometry: Geometry,
-        output_size: int,
-        seed: int,
-        per_epoch: bool = False,
-    ) -> None:
-        self.images = images
-        self.mode = mode
-        self.num_rotations = num_rotations
-        self.angle_mode = angle_mode
-        self.geometry = geometry
-        self.output_size = output_size
-        self.seed = seed
-        self.per_epoch = per_epoch
-        self.step = 360 / num_rotations
-        self._cache: tuple[tuple[int, int], Any] | None = None
-
-    @property
-    def root(self) -> Path:
-        """Folder the source paths are relative to."""
-        return self.images.root
-
-    @property
-    def paths(self) -> list[str]:
-        """Source image paths, indexed by the third element of every item."""
-        return self.images.paths
-
-    def __len__(self) -> int:
-        return len(self.images) * (self.num_rotations if self.mode == "grouped" else 1)
-
-    def angle(self, label: int, generator: torch.Generator | None) -> float:
-        """The rotation of class ``label`` in [0°, 360°): exactly ``label * step``, or uniform within its bin."""
-        if self.angle_mode == "discrete":
-            return label * self.step
-        return ((label + float(torch.rand((), generator=generator)) - 0.5) * self.step) % 360
-
-    def draw(self, index: int, epoch: int) -> tuple[int, float]:
-        """Label and angle of source ``index``'s single view in ``epoch``: a uniform class, or a uniform angle."""
-        generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, index, 2))
-        if self.angle_mode == "binned":
-            angle = float(torch.rand((), generator=generator)) * 360
-            return angle_bin(angle, self.num_rotations), angle
-        label = int(torch.randint(self.num_rotations, (), generator=generator))
-        return label, self.angle(label, generator)
-
-    def grouped_angles(self, index: int, epoch: int = 0) -> list[float]:
-        """The angle of every class's view of source ``index`` (fixed for evaluation, where ``epoch`` is 0)."""
-        generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, index, 3))
-        return [self.angle(k, generator) for k in range(self.num_rotations)]
-
-    def __getitem__(self, item: int | tuple[int, int]) -> Any:
-        position, epoch = item if isinstance(item, tuple) else (item, 0)
-        epoch = epoch if self.per_epoch else 0
-        if self.mode != "grouped":
-            source = self.images[(position, epoch)]
-            if isinstance(source, BadSample):
-                return source
-            if self.mode == "upright":
-                label, angle = source[1], 0.0  # for predict, the target is the file's index
-            else:
-                label, angle = self.draw(position, epoch)
-            view = rotate_views(source[0], [angle], self.geometry, self.output_size)[0]
-            return view, label, source[2]
-        index, label = divmod(position, self.num_rotations)
-        if self._cache is None or self._cache[0] != (index, epoch):
-            source = self.images[(index, epoch)]
-            views = source
-            if not isinstance(source, BadSample):
-                views = rotate_views(source[0], self.grouped_angles(index, epoch), self.geometry, self.output_size)
-            self._cache = ((index, epoch), views)  # the image's other rotations are the next items
-        views = self._cache[1]
-        if isinstance(views, BadSample):
-            return views
-        return views[label], label, index
-
-
-class RotationGroupSampler(EpochSampler):
-    """:class:`EpochSampler` over images that yields all rotations of each image in a row.
-
-    Images come in an order seeded by ``(seed, epoch)`` and are sharded whole across ranks, so with a batch size that
-    is a multiple of ``num_rotations`` every batch holds all rotations of its images (the paper's recipe).
-    """
-
-    def __init__(self, num_images: int, num_rotations: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
-        super().__init__(num_images, True, seed, num_replicas, rank, pad=True)
-        self.num_rotations = num_rotations
-
-    def __len__(self) -> int:
-        return super().__len__() * self.num_rotations
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        r = self.num_rotations
-        return iter([(image * r + k, self.epoch) for image in self._order() for k in range(r)])
-
-
-UPRIGHT_MARKER = ".lit_transfer_upright"  # in a write_upright folder: its images were written by lit_transfer
-
-
-def check_upright_folder(write_upright: str, predict_dir: str | None) -> None:
-    """Refuse a ``write_upright`` folder that could overwrite or feed back the user's own images.
-
-    It must not be ``predict_dir``, inside it (the copies would be read as input next time) or above it (a copy could
-    land on an original), and an existing folder must be empty or one lit_transfer wrote before.
-    """
-    target = Path(write_upright).resolve()
-    if predict_dir:
-        source = Path(predict_dir).resolve()
-        if target == source or source in target.parents or target in source.parents:
-            raise ValueError(
-                f"data.write_upright {write_upright!r} overlaps data.predict_dir {predict_dir!r} (the same folder, "
-                "inside it or above it): the upright copies could overwrite originals or be read back as input. "
-                "Give a folder outside predict_dir"
-            )
-    if target.is_dir() and any(target.iterdir()) and not (target / UPRIGHT_MARKER).is_file():
-        raise ValueError(
-            f"data.write_upright {write_upright!r} already holds files that lit_transfer did not write; give an "
-            "empty or new folder, so none of them is overwritten"
-        )
 
 
 class RotNetDataModule(BaseImageDataModule):

@@ -33,6 +33,9 @@ class ExportModule(nn.Module):
     no place in an inference graph. The parity check compares this module's export with the model's own ``forward``.
     """
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, model: TransferClassifier) -> None:
         super().__init__()
         self.backbone = model.backbone

@@ -109,7 +109,7 @@ def _strip_classifier(model: nn.Module) -> tuple[int, str]:
 
 def _squeezenet_features(model: nn.Module) -> tuple[int, str]:
     # SqueezeNet classifies with a 1x1 convolution; keep the pooling, drop the class projection.
-    model.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())  # type: ignore[assignment]
+    model.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
     return 512, "classifier"
 
 

@@ -22,6 +22,7 @@ from lit_transfer.core.batches import FeatureBatch
 from lit_transfer.core.class_weights import inverse_frequency_weights
 from lit_transfer.core.contract import data_info, trainer_data_info
 from lit_transfer.core.errors import CheckpointMismatchError
+from lit_transfer.core.lightning_private import quiet_eval_mode_warning
 from lit_transfer.models.backbones import build_backbone
 from lit_transfer.models.freezing import (
     FreezeSpec,
@@ -30,7 +31,6 @@ from lit_transfer.models.freezing import (
     frozen_at_epoch,
     frozen_parameter_names,
     parameter_table,
-    quiet_eval_mode_warning,
     set_frozen_bn_eval,
 )
 from lit_transfer.models.heads import build_head
@@ -90,6 +90,10 @@ class TransferClassifier(EpochMetricsModule):
 
     """
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+    class_weight: torch.Tensor
+
     def __init__(
         self,
         num_classes: int,
@@ -140,8 +144,8 @@ class TransferClassifier(EpochMetricsModule):
         self._set_frozen(self.frozen_at_epoch(0))
         if isinstance(class_weights, list) and len(class_weights) != num_classes:
             raise ValueError(f"model.class_weights has {len(class_weights)} values for {num_classes} classes")
-        weights = torch.tensor(class_weights, dtype=torch.float32) if isinstance(class_weights, list) else None
-        self.register_buffer("class_weight", weights if weights is not None else torch.ones(num_classes))
+        given = torch.tensor(class_weights, dtype=torch.float32) if isinstance(class_weights, list) else None
+        self.register_buffer("class_weight", given if given is not None else torch.ones(num_classes))
         self.init_epoch_metrics(num_classes)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self._compiled = False
@@ -231,13 +235,14 @@ class TransferClassifier(EpochMetricsModule):
             return None, None
         logits = self.logits(batch)
         # class weights apply to the training loss only, so val_loss stays comparable between runs
-        weight = self.class_weight if stage == "train" and self.hparams.class_weights is not None else None
-        loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=self.hparams.label_smoothing)
+        weight = self.class_weight if stage == "train" and self.hparams["class_weights"] is not None else None
+        loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=self.hparams["label_smoothing"])
         if stage == "train":
             indices = batch[2] if len(batch) > 2 else None
-            if self.hparams.on_nonfinite_loss == "skip":
+            if self.hparams["on_nonfinite_loss"] == "skip":
                 if not torch.isfinite(loss):  # skipping must be decided now: one device sync per step
-                    return self._non_finite(loss.item(), indices, self.global_step, self.current_epoch), logits
+                    self._non_finite(loss.item(), indices, self.global_step, self.current_epoch)  # counts, or raises
+                    return None, logits
             else:
                 # Checked when the metrics are flushed (and before any checkpoint is written), not every step: a
                 # per-step check would make the host wait for the device at every step.
@@ -266,21 +271,21 @@ class TransferClassifier(EpochMetricsModule):
 
     def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
         """Head and backbone groups; backbone parameters that ever train are in the optimizer from the start."""
-        factor, trains_later = self.hparams.backbone_lr_factor, bool(self.milestones)
+        factor, trains_later = self.hparams["backbone_lr_factor"], bool(self.milestones)
         return parameter_groups(self.head, self.backbone, lr, factor, self.initial_frozen, trains_later)
 
     def configure_optimizers(self) -> Any:
         """The optimizer over the parameter groups, and the scheduler (given, or warm-up/cosine per optimizer step)."""
         hp = self.hparams
         return configure_optimization(
-            self.parameter_groups, self._trainer, hp.optimizer, hp.lr_scheduler, hp.warmup_epochs, hp.cosine
+            self.parameter_groups, self._trainer, hp["optimizer"], hp["lr_scheduler"], hp["warmup_epochs"], hp["cosine"]
         )
 
     # --- reporting and checkpoints --------------------------------------------------------------------------------
 
     def _log_parameter_table(self) -> None:
         table = format_parameter_table(parameter_table(self.backbone, self.head, self.frozen))
-        rank_zero_info(f"{self.hparams.backbone} parameters:\n{table}")
+        rank_zero_info(f"{self.hparams['backbone']} parameters:\n{table}")
         if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
             self.logger.experiment.add_text("parameters", f"```\n{table}\n```", self.global_step)
 
@@ -294,19 +299,19 @@ class TransferClassifier(EpochMetricsModule):
             return
         data = data_info(datamodule)
         if data is None:  # not a lit_transfer data module: nothing is taken from it
-            if self.hparams.class_weights == "auto":
+            if self.hparams["class_weights"] == "auto":
                 raise ValueError(
                     f"model.init_args.class_weights: auto needs the training labels, which {type(datamodule).__name__}"
                     " does not give (lit_transfer's data modules do: train_targets()); give class_weights as a list"
                 )
             return
-        check_single_balancing(self.hparams.class_weights, data.sampler)
-        if self.hparams.class_weights == "auto":
+        check_single_balancing(self.hparams["class_weights"], data.sampler)
+        if self.hparams["class_weights"] == "auto":
             # the labels trained on: RotNet's are its views' rotations, not its source images' (all 0)
-            self.class_weight.copy_(inverse_frequency_weights(data.train_targets(), self.hparams.num_classes))
+            self.class_weight.copy_(inverse_frequency_weights(data.train_targets(), self.hparams["num_classes"]))
             rank_zero_info(f"class weights (inverse frequency): {[round(w, 3) for w in self.class_weight.tolist()]}")
         stats = data.normalization
-        if stats is not None and self.hparams.mean is None and self.hparams.std is None:
+        if stats is not None and self.hparams["mean"] is None and self.hparams["std"] is None:
             mean, std = stats
             self.mean.copy_(torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
             self.std.copy_(torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
@@ -314,10 +319,10 @@ class TransferClassifier(EpochMetricsModule):
 
     def configure_model(self) -> None:
         """Apply the GPU paths when a Trainer runs the model: channels-last weights, then ``torch.compile``."""
-        if self.hparams.channels_last:
+        if self.hparams["channels_last"]:
             self.backbone.to(memory_format=torch.channels_last)
-        if (self.hparams.compile is True or isinstance(self.hparams.compile, dict)) and not self._compiled:
-            options = self.hparams.compile if isinstance(self.hparams.compile, dict) else {}
+        if (self.hparams["compile"] is True or isinstance(self.hparams["compile"], dict)) and not self._compiled:
+            options = self.hparams["compile"] if isinstance(self.hparams["compile"], dict) else {}
             # nn.Module.compile compiles in place: state-dict keys stay free of ``_orig_mod.``
             self.backbone.compile(**options)
             self.head.compile(**options)

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import fnmatch
-import functools
 import math
-import warnings
 from collections.abc import Sequence
-from typing import Any
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -137,25 +134,3 @@ def frozen_at_epoch(backbone: nn.Module, initial_frozen: set[str], milestones: S
     count = math.ceil(len(frozen_stages) * passed / len(milestones))  # never more than all stages
     thawed = tuple(s + "." for s in frozen_stages[len(frozen_stages) - count :])
     return {n for n in initial_frozen if not n.startswith(thawed)}
-
-
-_EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode"
-
-
-def quiet_eval_mode_warning(fit_loop: Any) -> None:
-    """Silence Lightning's "module(s) in eval mode" warning inside the fit loop's own check, and nowhere else.
-
-    Frozen parts are put in eval mode on purpose (BatchNorm statistics must not move); the loop warns about them
-    at the start of training. Wrapping that one check leaves every other warning, and other models' fits, alone.
-    """
-    check = getattr(fit_loop, "_warn_if_modules_in_eval_mode", None)
-    if check is None or getattr(check, "__wrapped__", None) is not None:
-        return  # another Lightning version, or already wrapped for an earlier fit with this trainer
-
-    @functools.wraps(check)
-    def quiet() -> None:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_EVAL_MODE_WARNING, category=UserWarning)
-            check()
-
-    fit_loop._warn_if_modules_in_eval_mode = quiet

@@ -9,13 +9,13 @@ written), not every step, so the host does not wait for the device at each step.
 from __future__ import annotations
 
 import warnings
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from lit_transfer.core.contract import trainer_data_info
@@ -28,7 +28,7 @@ def stage_metrics(num_classes: int) -> nn.ModuleDict:
     """``<stage>_metrics`` collections (accuracy, macro F1, top-5 accuracy above five classes) for every stage."""
     # Input validation would make the host wait for the device at each update; cross_entropy already checked the
     # targets.
-    metrics = {
+    metrics: dict[str, Metric | MetricCollection] = {
         "acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
         "f1": MulticlassF1Score(num_classes, average="macro", validate_args=False),
     }
@@ -139,6 +139,14 @@ class EpochMetricsModule(pl.LightningModule):
         self.losses = stage_losses()
         self._metric_buffer = MetricBuffer()
 
+    def _stage_loss(self, stage: str) -> MeanMetric:
+        """The loss mean of ``stage`` (``nn.ModuleDict`` items are typed as plain modules)."""
+        return cast(MeanMetric, self.losses[f"{stage}_loss"])
+
+    def _stage_metrics(self, stage: str) -> MetricCollection:
+        """The metric collection of ``stage``."""
+        return cast(MetricCollection, self.metrics[f"{stage}_metrics"])
+
     def _buffer(self, stage: str, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
         """Keep a batch's metric inputs; torchmetrics is updated once per ``METRIC_FLUSH_BATCHES`` batches."""
         if self._metric_buffer.add(stage, logits, y, loss):
@@ -148,7 +156,7 @@ class EpochMetricsModule(pl.LightningModule):
         """Check the buffered training losses are finite, then hand the buffered batches to the metrics."""
         if stage == "train":
             self.check_finite()
-        self._metric_buffer.flush(stage, self.losses[f"{stage}_loss"], self.metrics[f"{stage}_metrics"])
+        self._metric_buffer.flush(stage, self._stage_loss(stage), self._stage_metrics(stage))
 
     def check_finite(self) -> None:
         """Stop at the first non-finite training loss since the last check, naming its step and files."""
@@ -159,7 +167,7 @@ class EpochMetricsModule(pl.LightningModule):
     def _log_epoch(self, stage: str) -> None:
         """Compute (synchronised across processes), log and reset the epoch's loss and metrics of ``stage``."""
         self._flush(stage)
-        loss, metrics = self.losses[f"{stage}_loss"], self.metrics[f"{stage}_metrics"]
+        loss, metrics = self._stage_loss(stage), self._stage_metrics(stage)
         if any_rank_updated(self._trainer, loss.update_called, self.device):
             self.log_dict(compute_epoch(loss, metrics, stage), prog_bar=True)
             self.on_epoch_metrics(stage)
@@ -197,7 +205,7 @@ class EpochMetricsModule(pl.LightningModule):
             files = data.paths_of("train", indices.tolist())
         shown = ", ".join(files[:8]) + (" …" if len(files) > 8 else "")
         where = f"epoch {epoch}, step {step}"
-        if self.hparams.on_nonfinite_loss == "skip":
+        if self.hparams["on_nonfinite_loss"] == "skip":
             self.skipped_batches += 1
             rank_zero_warn(f"skipped a batch with loss {loss} at {where} (#{self.skipped_batches}): {shown}")
             return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -38,6 +38,8 @@ class CircularAngleError(Metric):
     is_differentiable = False
     higher_is_better = False
     full_state_update = False
+    angles: Tensor  # buffer
+    errors: list[Tensor]  # metric state
 
     def __init__(self, angles: Sequence[float], reduction: Literal["mean", "median"] = "mean", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -124,7 +126,7 @@ class RotNetClassifier(TransferClassifier):
         angles = class_angles(self.class_names)
         num_classes = len(self.class_names)
         for split in STAGES:
-            collection = self.metrics[f"{split}_metrics"]
+            collection = self._stage_metrics(split)
             if "angle_error" in collection:
                 continue
             collection.add_metrics(
@@ -154,10 +156,10 @@ class RotNetClassifier(TransferClassifier):
         return class_angles(self.class_names)
 
     def _report_confusion(self, stage: str) -> None:
-        collection = self.metrics[f"{stage}_metrics"]
+        collection = self._stage_metrics(stage)
         if self.trainer.sanity_checking or "parity_acc" not in collection:
             return
-        metric = collection["parity_acc"]
+        metric = cast(RotationConfusion, collection["parity_acc"])  # added by add_rotation_metrics
         if not metric.update_called:
             return
         metric.compute()  # synchronised when the epoch's metrics were computed; cached until the reset

@@ -8,8 +8,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from lit_transfer.core.lightning_private import quiet_eval_mode_warning
 from lit_transfer.models import TransferClassifier
-from lit_transfer.models.freezing import quiet_eval_mode_warning
 
 
 def _loader() -> DataLoader:
