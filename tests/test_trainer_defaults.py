@@ -46,13 +46,10 @@ def test_build_trainer_is_the_trainer_the_cli_builds(image_tree: Path, in_tmp: P
 
 
 def test_default_callbacks_follow_seed_logger_and_progress_bar() -> None:
-    assert names(default_callbacks(42)) == [
-        "PredictionWriter", "SigtermHandler", "EpochSeeder", "LearningRateMonitor", "ThrottledProgressBar",
-    ]  # fmt: skip
-    assert names(default_callbacks(None, logger=False, progress_bar=False)) == ["PredictionWriter", "SigtermHandler"]
-    assert names(default_callbacks(False)) == [
-        "PredictionWriter", "SigtermHandler", "LearningRateMonitor", "ThrottledProgressBar",
-    ]  # fmt: skip
+    always = ["PredictionWriter", "SigtermHandler", "UnreadableDataCheck"]
+    assert names(default_callbacks(42)) == [*always, "EpochSeeder", "LearningRateMonitor", "ThrottledProgressBar"]
+    assert names(default_callbacks(None, logger=False, progress_bar=False)) == always
+    assert names(default_callbacks(False)) == [*always, "LearningRateMonitor", "ThrottledProgressBar"]
     io = AsyncAtomicCheckpointIO()
     assert with_checkpoint_io([io]) is None
     assert names(with_checkpoint_io(None)) == ["AsyncAtomicCheckpointIO"]

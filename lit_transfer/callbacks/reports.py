@@ -1,9 +1,12 @@
-"""TensorBoard reports: augmented batch grid, confusion matrix, per-class metrics and the most confident mistakes."""
+"""TensorBoard reports: augmented batch grid, confusion matrix, per-class metrics and the most confident mistakes.
+
+The drawings themselves are in :mod:`~lit_transfer.callbacks.report_drawing`; the names other code imports from here
+stay importable from here.
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, cast
 
@@ -13,127 +16,16 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
-from PIL import Image, ImageDraw
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.utils import make_grid
 
+from lit_transfer.callbacks.report_drawing import class_metrics as class_metrics  # re-exported
+from lit_transfer.callbacks.report_drawing import format_class_table, mistakes_grid, mistakes_table, to_uint8
+from lit_transfer.callbacks.report_drawing import render_confusion_matrix as render_confusion_matrix  # re-exported
 from lit_transfer.core.batches import FeatureBatch
 from lit_transfer.core.contract import data_info
-from lit_transfer.core.fonts import font as _font
 
 TAG = "reports"
-
-
-def _to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """``uint8`` images as they are; float images in [0, 1] scaled to ``uint8``."""
-    if images.dtype == torch.uint8:
-        return images
-    return images.float().clamp(0, 1).mul(255).round().to(torch.uint8)
-
-
-def _fit(text: str, width: int, draw: ImageDraw.ImageDraw, font: Any) -> str:
-    """``text`` cut with an ellipsis to fit ``width`` pixels."""
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text + "…"
-
-
-def class_metrics(matrix: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-class precision, recall, F1 and support from a confusion matrix (rows: true, columns: predicted).
-
-    A class that is never predicted has precision 0, and one without samples has recall 0, as in torchmetrics.
-    """
-    m = matrix.double()
-    tp, support, predicted = m.diag(), m.sum(dim=1), m.sum(dim=0)
-    precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
-    recall = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
-    total = precision + recall
-    f1 = torch.where(total > 0, 2 * precision * recall / total.clamp(min=1e-12), torch.zeros_like(tp))
-    return {"precision": precision, "recall": recall, "f1": f1, "support": support.long()}
-
-
-def format_class_table(matrix: torch.Tensor, class_names: Sequence[str]) -> str:
-    """A Markdown table of per-class precision, recall, F1 and support, with the macro average."""
-    metrics = class_metrics(matrix)
-    worst = sorted(range(len(class_names)), key=lambda i: (float(metrics["f1"][i]), class_names[i]))[:5]
-    lines = [
-        "lowest F1: " + ", ".join(f"{class_names[i]} ({float(metrics['f1'][i]):.2f})" for i in worst),
-        "",
-        "| class | precision | recall | F1 | support |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for i, name in enumerate(class_names):
-        p, r, f = (float(metrics[k][i]) for k in ("precision", "recall", "f1"))
-        lines.append(f"| {name} | {p:.3f} | {r:.3f} | {f:.3f} | {int(metrics['support'][i])} |")
-    p, r, f = (float(metrics[k].mean()) for k in ("precision", "recall", "f1"))
-    lines.append(f"| **macro average** | {p:.3f} | {r:.3f} | {f:.3f} | {int(metrics['support'].sum())} |")
-    return "\n".join(lines)
-
-
-def render_confusion_matrix(matrix: torch.Tensor, class_names: Sequence[str]) -> Image.Image:
-    """The confusion matrix as a heat map, each row scaled by its class's count (so the diagonal is recall).
-
-    Class names label the axes up to about 110 classes; counts are printed in cells of 24 pixels or more.
-    """
-    n = len(class_names)
-    counts = matrix.long().cpu()
-    rows = counts.double() / counts.sum(dim=1, keepdim=True).clamp(min=1)
-    cell = max(3, min(40, 1024 // max(n, 1)))  # Caltech 101 still gets labelled 10-pixel cells
-    font = _font(11 if cell >= 14 else 9)
-    labelled = cell >= 9
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_w = min(160, 8 + max(int(probe.textlength(c, font=font)) for c in class_names)) if labelled else 0
-    left, top, pad = label_w + 24, label_w + 40, 8
-    size = cell * n
-    img = Image.new("RGB", (left + size + pad, top + size + pad), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((pad, 4), "confusion matrix: rows true, columns predicted (row-normalized)", fill="black", font=font)
-    dark = np.array([8, 48, 107], dtype=np.float64)
-    for i in range(n):
-        for j in range(n):
-            v = float(rows[i, j])
-            colour = tuple(int(c) for c in np.round(255 - (255 - dark) * v))
-            x, y = left + j * cell, top + i * cell
-            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour)
-            if cell >= 24 and counts[i, j] > 0:
-                text = str(int(counts[i, j]))
-                w = draw.textlength(text, font=font)
-                draw.text((x + (cell - w) / 2, y + cell / 2 - 6), text, fill="white" if v > 0.5 else "black", font=font)
-    draw.rectangle([left - 1, top - 1, left + size, top + size], outline="gray")
-    draw.text((4, top - 16), "true", fill="gray", font=font)
-    draw.text((left, top - 16 - (label_w if labelled else 0)), "predicted", fill="gray", font=font)
-    if labelled:
-        for i, name in enumerate(class_names):
-            text = _fit(name, label_w - 8, draw, font)
-            draw.text(
-                (left - 6 - draw.textlength(text, font=font), top + i * cell + cell / 2 - 6),
-                text,
-                fill="black",
-                font=font,
-            )
-            # column labels: drawn horizontally on a strip, then turned upright
-            strip = Image.new("RGB", (label_w, cell), "white")
-            ImageDraw.Draw(strip).text((2, cell / 2 - 6), text, fill="black", font=font)
-            img.paste(strip.rotate(90, expand=True), (left + i * cell, top - 4 - label_w))
-    return img
-
-
-def _caption_tile(image: torch.Tensor, lines: Sequence[str], size: int) -> torch.Tensor:
-    """One ``uint8`` CHW image scaled to ``size`` pixels wide with text lines below it."""
-    array = image.permute(1, 2, 0).numpy()
-    pil = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array[..., :3]).convert("RGB")
-    height = max(1, round(size * pil.height / pil.width))
-    pil = pil.resize((size, height), Image.Resampling.BILINEAR)
-    font = _font(11)
-    band = 14 * len(lines) + 4
-    tile = Image.new("RGB", (size, height + band), "white")
-    tile.paste(pil, (0, 0))
-    draw = ImageDraw.Draw(tile)
-    for k, line in enumerate(lines):
-        draw.text((2, height + 2 + 14 * k), _fit(line, size - 4, draw, font), fill="black", font=font)
-    return torch.from_numpy(np.asarray(tile).copy()).permute(2, 0, 1)
 
 
 class TensorBoardReports(Callback):
@@ -211,7 +103,7 @@ class TensorBoardReports(Callback):
         logger = self._logger(trainer)
         if logger is None or not trainer.is_global_zero:
             return
-        shown = _to_uint8(x[: self.max_images].detach()).cpu()
+        shown = to_uint8(x[: self.max_images].detach()).cpu()
         nrow = min(8, len(shown))
         writer = logger.experiment
         writer.add_image(f"{TAG}/train_batch", make_grid(shown, nrow=nrow, padding=2), trainer.global_step)
@@ -289,7 +181,7 @@ class TensorBoardReports(Callback):
             shown: list[Any] = [int(batch.indices[i]) for i in top.tolist()]
         else:
             self._image_shape = tuple(x.shape[1:])
-            shown = list(_to_uint8(x[top].detach()).cpu())
+            shown = list(to_uint8(x[top].detach()).cpu())
         for k, i in enumerate(top.tolist()):
             self._mistakes.append((float(confidence[i]), shown[k], int(y[i]), int(predicted[i])))
         self._mistakes.sort(key=lambda m: -m[0])
@@ -352,17 +244,9 @@ class TensorBoardReports(Callback):
             if not mistakes:
                 writer.add_text(f"{TAG}/top_mistakes_table", "no misclassified validation images", step)
                 return
-            tiles = [
-                _caption_tile(image, [f"true: {names[t]}", f"pred {c:.2f}: {names[p]}"], self.tile_size)
-                for c, image, t, p in mistakes
-            ]
-            height = max(t.shape[1] for t in tiles)
-            tiles = [torch.nn.functional.pad(t, (0, 0, 0, height - t.shape[1]), value=255) for t in tiles]
-            nrow = min(len(tiles), max(1, math.ceil(math.sqrt(len(tiles)))))
-            writer.add_image(f"{TAG}/top_mistakes", make_grid(tiles, nrow=nrow, padding=4, pad_value=255), step)
-            rows = [f"| {r + 1} | {names[t]} | {names[p]} | {c:.3f} |" for r, (c, _, t, p) in enumerate(mistakes)]
-            table = "| rank | true | predicted | confidence |\n|---:|---|---|---:|\n" + "\n".join(rows)
-            writer.add_text(f"{TAG}/top_mistakes_table", table, step)
+            grid = mistakes_grid(mistakes, names, self.tile_size)
+            writer.add_image(f"{TAG}/top_mistakes", grid, step)
+            writer.add_text(f"{TAG}/top_mistakes_table", mistakes_table(mistakes, names), step)
         except Exception as err:  # a report must never stop training
             rank_zero_warn(f"TensorBoardReports: could not write the step {step} reports: {err}")
 

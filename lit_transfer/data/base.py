@@ -4,8 +4,8 @@ Its parts live in their own modules: the checks of its settings (:mod:`~lit_tran
 (:mod:`~lit_transfer.data.epoch_sampler`), the dataset of files (:mod:`~lit_transfer.data.dataset`), the collate
 functions (:mod:`~lit_transfer.data.collate`), bad-image screening (:mod:`~lit_transfer.data.screening`), the run
 files (:mod:`~lit_transfer.data.run_files`), the checkpoint state (:mod:`~lit_transfer.data.manifest_state`), the
-ranks (:mod:`~lit_transfer.data.distributed`) and the loaders (:mod:`~lit_transfer.data.loaders`). The names other
-code imports from here stay importable from here.
+ranks (:mod:`~lit_transfer.data.distributed`), setup's scan (:mod:`~lit_transfer.data.scan`) and the loaders
+(:mod:`~lit_transfer.data.loaders`). The names other code imports from here stay importable from here.
 """
 
 from __future__ import annotations
@@ -17,25 +17,24 @@ from typing import Any, Literal, Protocol
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lit_transfer.core.batches import BadSample as BadSample  # re-exported
 from lit_transfer.core.batches import Batch, FeatureBatch
 from lit_transfer.core.run_folder import run_dir
 from lit_transfer.core.seeding import mix_seed as mix_seed  # re-exported
-from lit_transfer.data import distributed, loaders, manifest_state, run_files, screening
+from lit_transfer.data import distributed, loaders, manifest_state, run_files, scan, screening
 from lit_transfer.data.collate import collate_skipping_bad as collate_skipping_bad  # re-exported
 from lit_transfer.data.collate import stack_shared as stack_shared  # re-exported
 from lit_transfer.data.dataset import BadImagePolicy, ImageFilesDataset
 from lit_transfer.data.epoch_sampler import EpochSampler
-from lit_transfer.data.images import collect_unreadable, find_images
 from lit_transfer.data.loaders import default_num_workers
 from lit_transfer.data.run_files import BAD_IMAGES_NAME as BAD_IMAGES_NAME  # re-exported
 from lit_transfer.data.run_files import MANIFEST_NAME as MANIFEST_NAME  # re-exported
 from lit_transfer.data.sampler import BalancedSampler
 from lit_transfer.data.settings import check_settings
-from lit_transfer.data.splits import Sample, group_by_split, manifest_hash
+from lit_transfer.data.splits import Sample, manifest_hash
 from lit_transfer.data.transforms import eval_transform, train_transform
 
 
@@ -163,33 +162,27 @@ class BaseImageDataModule(pl.LightningDataModule):
             world = self.trainer.world_size if self.trainer is not None else 1
             if not self.samples or (world > 1 and not self._synced):
                 # scanning, header checks and statistics happen once, on rank 0; the other ranks receive the result
-                scan = None
+                shared = None
                 if self._is_rank_zero():
                     cached = (self.data_root, self.samples, self.bad_found, self.normalization)
-                    scan = cached if self.samples else self._scan(stage)
-                self.data_root, self.samples, self.bad_found, self.normalization = self._broadcast(scan)
+                    shared = cached if self.samples else self._scan(stage)
+                self.data_root, self.samples, self.bad_found, self.normalization = self._broadcast(shared)
                 self._reported |= {b.path for b in self.bad_found}
                 self._synced = world > 1
             self._build_datasets()
         self._write_run_files()
 
     def _scan(self, stage: str) -> tuple[Path, list[Sample], list[BadSample], Any]:
-        with collect_unreadable() as unreadable:
-            data_root, samples = self.build_samples()
-        self.data_root = data_root
-        self._report_unreadable_folders(unreadable)
-        samples = self._screen(samples)
-        by_split = group_by_split(samples)
-        counts = ", ".join(f"{s} {len(by_split.get(s, []))}" for s in ("train", "val", "test"))
-        rank_zero_info(f"{type(self).__name__}: {self.num_classes} classes; images: {counts}")
+        rules = self._bad_image_rules()
+        self.data_root, samples = scan.scan_samples(self.build_samples, rules, self._reported, self._remember_bad)
+        scan.report_counts(type(self).__name__, self.num_classes, samples)
         normalization = self.normalization
         if stage == "fit" and self.normalize == "dataset" and normalization is None:
-            normalization = self._dataset_statistics(samples)
-        return data_root, samples, list(self.bad_found), normalization
+            normalization = scan.dataset_statistics(self.data_root, samples, self.make_dataset, self.num_workers)
+        return self.data_root, samples, list(self.bad_found), normalization
 
-    def _report_unreadable_folders(self, folders: list[tuple[str, str]]) -> None:
-        """Folders the scan could not list: an error under ``bad_images: error``, else a warning and CSV rows."""
-        self._remember_bad(screening.unreadable_folders(folders, self._reported, self.bad_images))
+    def _bad_image_rules(self) -> scan.BadImageRules:
+        return scan.BadImageRules(self.bad_images, self.check_images, self.max_bad_fraction)
 
     def _remember_bad(self, bad: list[BadSample]) -> None:
         """Files (or folders) found unreadable at setup: listed in ``bad_images.csv``, never reported again."""
@@ -209,30 +202,15 @@ class BaseImageDataModule(pl.LightningDataModule):
         if not self.predict_paths or (world > 1 and not self._predict_synced):
             paths = None
             if self._is_rank_zero():
-                paths = self.predict_paths or self._scan_predict_dir()
+                rules = self._bad_image_rules()
+                paths = self.predict_paths or scan.scan_predict_dir(
+                    self.predict_dir, rules, self._reported, self._remember_bad
+                )
             self.predict_paths = self._broadcast(paths)
             self._predict_synced = world > 1
         self._datasets["predict"] = self.make_dataset(
             self.predict_dir, self.predict_paths, list(range(len(self.predict_paths))), "predict"
         )
-
-    def _scan_predict_dir(self) -> list[str]:
-        with collect_unreadable() as unreadable:
-            found = find_images(self.predict_dir)  # type: ignore[arg-type]
-        self._report_unreadable_folders(unreadable)
-        if not found:
-            raise ValueError(f"data.predict_dir {self.predict_dir!r} holds no image files")
-        samples = [Sample(p, i, "predict") for i, p in enumerate(found)]
-        return [s.path for s in self._screen(samples, root=Path(self.predict_dir))]  # type: ignore[arg-type]
-
-    def _screen(self, samples: list[Sample], root: Path | None = None) -> list[Sample]:
-        """Drop files whose header is unreadable, report them, and stop when too many are bad."""
-        if not self.check_images:
-            return samples
-        root = self.data_root if root is None else root
-        good, bad = screening.screen(samples, root, self.bad_images, self.max_bad_fraction)
-        self._remember_bad(bad)
-        return good
 
     def make_dataset(self, root: str | Path, paths: Sequence[str], targets: Sequence[int], split: str) -> Dataset:
         """The dataset of one split: the train transform for ``train``, the evaluation transform otherwise."""
@@ -249,22 +227,7 @@ class BaseImageDataModule(pl.LightningDataModule):
         return None if self.decode_scale is None else math.ceil(self.decode_scale * size)
 
     def _build_datasets(self) -> None:
-        by_split = group_by_split(self.samples)
-        for split in ("train", "val", "test"):
-            items = by_split.get(split, [])
-            self._datasets[split] = self.make_dataset(
-                self.data_root, [s.path for s in items], [s.label for s in items], split
-            )
-
-    def _dataset_statistics(self, samples: list[Sample]) -> tuple[list[float], list[float]]:
-        """Exact mean/std of the training split's pixels after the evaluation resize and crop."""
-        from lit_transfer.data.stats import compute_channel_stats  # the data card imports this module
-
-        train = [s for s in samples if s.split == "train"]
-        dataset = self.make_dataset(self.data_root, [s.path for s in train], [s.label for s in train], "val")
-        mean, std = compute_channel_stats(dataset, num_workers=self.num_workers)
-        rank_zero_info(f"training split mean {[round(m, 4) for m in mean]}, std {[round(v, 4) for v in std]}")
-        return mean, std
+        self._datasets.update(scan.split_datasets(self.data_root, self.samples, self.make_dataset))
 
     def image_of(self, split: str, index: int) -> torch.Tensor | None:
         """Item ``index`` of ``split`` as the evaluation transform shows it (``uint8`` CHW), or ``None``."""
