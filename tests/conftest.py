@@ -56,18 +56,37 @@ def tree_factory(tmp_path: Path) -> Callable[..., Path]:
 
 @pytest.fixture(autouse=True)
 def no_weight_downloads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Tests never download: torchvision's weight loading fails loudly, and the hub cache lives in tmp_path."""
+    """Tests never download: torchvision's, timm's and the Hugging Face Hub's weight loading fail loudly.
+
+    The torch hub and Hugging Face caches live in tmp_path, and the Hub is in offline mode.
+    """
+    import huggingface_hub
+    import huggingface_hub.constants
+    import huggingface_hub.file_download
+    import timm.models._builder
+    import timm.models._hub
     import torch
     import torchvision.models._api as tv_api
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     torch.hub.set_dir(str(tmp_path / "torch_home" / "hub"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a test tried to download weights")
 
     monkeypatch.setattr(tv_api.WeightsEnum, "get_state_dict", refuse)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    # timm binds these names at import: patch them where timm looks them up
+    monkeypatch.setattr(timm.models._builder, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(timm.models._hub, "download_url_to_file", refuse)
+    monkeypatch.setattr(timm.models._hub, "hf_hub_download", refuse)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
+    monkeypatch.setattr(huggingface_hub.file_download, "hf_hub_download", refuse)
 
 
 @pytest.fixture(autouse=True)

@@ -73,6 +73,8 @@ def rebuild_model(ckpt: dict[str, Any], source: str = "the checkpoint") -> Trans
     init = {k: v for k, v in hparams.items() if k in params and k != "self"}
     if "weights" in params:
         init["weights"] = None  # the state dict supplies every weight; never download or read a weight file
+        if "weights_map" in params:
+            init["weights_map"] = None  # it mapped the weight file, which is not read
     try:
         model = cls(**init)
         model.load_state_dict(ckpt["state_dict"])

@@ -1,8 +1,11 @@
 """Backbone registry: a name and weights become a feature extractor ``(B, 3, H, W) -> (B, D)``.
 
-Every torchvision classification model is available under its builder name (``resnet50``, ``vgg16``, …); its final
-classification layer is replaced by ``nn.Identity`` so the head sees the penultimate features. Extra backbones are
-registered with :func:`register_backbone`.
+Every torchvision classification model is available under its builder name (``resnet50``, ``vgg16``, …; also
+``torchvision/resnet50``); its final classification layer is replaced by ``nn.Identity`` so the head sees the
+penultimate features. Every timm model is available as ``timm/<architecture>[.<pretrained tag>]`` or
+``hf-hub:<org>/<repo>`` (:mod:`~lit_transfer.models.timm_source`). Extra backbones are registered with
+:func:`register_backbone`. Any of them loads a local weights file (``.pth``, ``.pt``, ``.safetensors``, a
+lit_transfer ``.ckpt``), mapped with :mod:`~lit_transfer.models.weights_map` when another implementation saved it.
 """
 
 from __future__ import annotations
@@ -15,13 +18,18 @@ from typing import Any
 
 import torch
 import torchvision
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lit_transfer.core.checkpoints import load_checkpoint
+from lit_transfer.models.timm_source import TIMM_PREFIX, build_timm, is_timm_name
+from lit_transfer.models.weights_map import WeightsMapSpec, check_weights_map, map_weights
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
+WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar", ".safetensors")
+TORCHVISION_PREFIX = "torchvision/"
+PRETRAINED = "pretrained"  # a timm backbone's ``weights``: its default (or tagged) pretrained weights
 
 # Auxiliary classifiers only cost time and memory in a feature extractor. torchvision refuses aux_logits=False with
 # weights (they are part of the checkpoint), so they are built, loaded and then dropped: model attribute → modules.
@@ -36,7 +44,7 @@ class Backbone:
     feature_dim: int
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
-    removed_prefix: str | None = None  # state-dict prefix of the replaced classification layer
+    removed_prefix: str | tuple[str, ...] | None = None  # state-dict prefix(es) of the removed classification layer
 
 
 BackboneBuilder = Callable[[], Backbone]
@@ -66,7 +74,7 @@ def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]
 
 
 def list_backbones() -> list[str]:
-    """Every backbone name :func:`build_backbone` accepts."""
+    """Every torchvision and registered backbone name :func:`build_backbone` accepts (timm's: ``timm/…``)."""
     return sorted(set(torchvision.models.list_models(module=torchvision.models)) | set(_REGISTRY))
 
 
@@ -135,28 +143,57 @@ def is_weights_file(weights: str) -> bool:
     return "/" in weights or "\\" in weights or weights.lower().endswith(WEIGHT_FILE_SUFFIXES)
 
 
-def build_backbone(name: str, weights: str | None = None) -> Backbone:
-    """Build backbone ``name`` with ``weights``: ``None`` (random), a torchvision weights name, or a local file."""
+def build_backbone(name: str, weights: str | None = None, weights_map: WeightsMapSpec = None) -> Backbone:
+    """Build backbone ``name`` with ``weights``: ``None`` (random), named weights, or a local file.
+
+    Named weights are a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``) for a torchvision backbone and
+    ``pretrained`` for a timm one (``timm/…``, ``hf-hub:…``). ``weights_map`` says how a local file's tensor names
+    map onto the backbone's (see :mod:`lit_transfer.models.weights_map`).
+    """
+    file_weights = weights is not None and is_weights_file(weights)
+    check_weights_map(weights_map)
+    if weights_map is not None and not file_weights:
+        raise ValueError(
+            f"model.weights_map={weights_map!r} maps a local weights file, but model.weights is {weights!r}; give "
+            "model.weights: path/to/file.pth, or drop weights_map"
+        )
+    if is_timm_name(name):
+        backbone = _timm_backbone(name, weights, file_weights)
+    else:
+        backbone = _torchvision_or_registered(name.removeprefix(TORCHVISION_PREFIX), weights, file_weights)
+        name = name.removeprefix(TORCHVISION_PREFIX)
+    if file_weights:
+        load_weights_file(backbone, name, weights, weights_map)  # type: ignore[arg-type]
+    return backbone
+
+
+def _timm_backbone(name: str, weights: str | None, file_weights: bool) -> Backbone:
+    if weights is not None and not file_weights and weights != PRETRAINED:
+        raise ValueError(
+            f"unknown weights {weights!r} for timm backbone {name!r}: use {PRETRAINED} (timm's weights; pick a tag "
+            f"with {name.partition('.')[0]}.<tag>), null (random init) or a path to a weights file"
+        )
+    built = build_timm(name, pretrained=weights == PRETRAINED)
+    return Backbone(built.module, built.feature_dim, built.mean, built.std, built.classifier or None)
+
+
+def _torchvision_or_registered(name: str, weights: str | None, file_weights: bool) -> Backbone:
     torchvision_names = set(torchvision.models.list_models(module=torchvision.models))
     if name not in _REGISTRY and name not in torchvision_names:
         close = difflib.get_close_matches(name, list_backbones(), n=5, cutoff=0.5)
         hint = f"did you mean {close}?" if close else "see lit_transfer.models.list_backbones()"
-        raise ValueError(f"unknown backbone {name!r}; {hint}")
-    file_weights = weights is not None and is_weights_file(weights)
+        raise ValueError(f"unknown backbone {name!r}; {hint}, or a timm model as {TIMM_PREFIX}<name>")
     if name in _REGISTRY:
         if weights is not None and not file_weights:
             raise ValueError(f"backbone {name!r} has no named weights; use weights: null or a local file")
-        backbone = _REGISTRY[name]()
-    else:
-        enum = resolve_weights(name, weights) if weights is not None and not file_weights else None
-        model = _build_torchvision(name, enum)
-        dim, prefix = _squeezenet_features(model) if name.startswith("squeezenet") else _strip_classifier(model)
-        backbone = Backbone(model, dim, removed_prefix=prefix)
-        if enum is not None:
-            preset = enum.transforms()
-            backbone.mean, backbone.std = tuple(preset.mean), tuple(preset.std)
-    if file_weights:
-        load_weights_file(backbone, name, weights)  # type: ignore[arg-type]
+        return _REGISTRY[name]()
+    enum = resolve_weights(name, weights) if weights is not None and not file_weights else None
+    model = _build_torchvision(name, enum)
+    dim, prefix = _squeezenet_features(model) if name.startswith("squeezenet") else _strip_classifier(model)
+    backbone = Backbone(model, dim, removed_prefix=prefix)
+    if enum is not None:
+        preset = enum.transforms()
+        backbone.mean, backbone.std = tuple(preset.mean), tuple(preset.std)
     return backbone
 
 
@@ -193,7 +230,7 @@ def _find_state_dict(obj: Any, path: str, name: str) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         hparams = obj.get("hyper_parameters")
         saved = hparams.get("backbone") if isinstance(hparams, dict) else None
-        if saved is not None and saved != name:
+        if saved is not None and str(saved).removeprefix(TORCHVISION_PREFIX) != name:
             raise ValueError(
                 f"weights file {path!r} holds a {saved!r} backbone, not {name!r}; set model.backbone: {saved}"
             )
@@ -210,22 +247,72 @@ def _find_state_dict(obj: Any, path: str, name: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_weights_file(backbone: Backbone, name: str, path: str) -> None:
-    """Load a local weights file into ``backbone`` (safely: ``weights_only=True`` never runs pickled code)."""
-    obj = load_checkpoint(path, what="weights file")  # a missing file is a FileNotFoundError, a bad one a ValueError
+def read_weights_file(path: str) -> Any:
+    """What a local weights file holds: ``.safetensors`` through safetensors, anything else ``weights_only``."""
+    if not path.lower().endswith(".safetensors"):
+        return load_checkpoint(path, what="weights file")  # missing: a FileNotFoundError, a bad one: a ValueError
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"weights file {path!r} does not exist (or is not a file); check model.weights")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"weights file {path!r} is not a readable safetensors file ({err}); write it again") from err
+
+
+def load_weights_file(backbone: Backbone, name: str, path: str, weights_map: WeightsMapSpec = None) -> str:
+    """Load a local weights file into ``backbone`` (safely: pickled code never runs); report it in one line.
+
+    The file's classifier is dropped; ``weights_map`` maps the names of a file saved by another implementation.
+    Returns (and prints) the line saying what was loaded, from where, how many tensors and what was dropped.
+    """
+    obj = read_weights_file(path)
     state = _find_state_dict(obj, path, name)
+    if weights_map == "positional" and path.lower().endswith(".safetensors"):
+        raise ValueError(
+            f"weights file {path!r}: a safetensors file does not keep the order its tensors were saved in, so "
+            'model.weights_map: positional cannot pair them; map them by name ({"strip_prefix": …, "rename": …})'
+        )
     saved = obj.get("lit_transfer") if isinstance(obj, dict) else None
     if isinstance(saved, dict) and saved.get("mean") and saved.get("std"):
         # a lit_transfer checkpoint's backbone was trained on inputs normalized its way (e.g. normalize: dataset)
         backbone.mean, backbone.std = tuple(saved["mean"]), tuple(saved["std"])
-    if backbone.removed_prefix:
-        state = {k: v for k, v in state.items() if not k.startswith(backbone.removed_prefix + ".")}
+    prefixes = backbone.removed_prefix or ()
+    mapped = map_weights(
+        state,
+        backbone.module.state_dict(),
+        weights_map,
+        feature_dim=backbone.feature_dim,
+        classifier_prefixes=(prefixes,) if isinstance(prefixes, str) else prefixes,
+        path=path,
+        name=name,
+    )
     try:
-        result = backbone.module.load_state_dict(state, strict=False)
+        result = backbone.module.load_state_dict(mapped.state, strict=False)
     except RuntimeError as err:  # tensor shape mismatches raise even with strict=False; name the file
         raise ValueError(f"weights file {path!r} does not fit backbone {name!r}: {err}") from err
-    if result.missing_keys or result.unexpected_keys:
+    missing = [k for k in result.missing_keys if not (mapped.strict and k.endswith("num_batches_tracked"))]
+    if missing or result.unexpected_keys:
         raise ValueError(
-            f"weights file {path!r} does not fit backbone {name!r}: missing {result.missing_keys[:5]}, "
+            f"weights file {path!r} does not fit backbone {name!r}: missing {missing[:5]}, "
             f"unexpected {result.unexpected_keys[:5]}"
+            + ("" if weights_map is not None else "; a file saved by another implementation needs model.weights_map")
         )
+    count = sum(v.numel() for v in mapped.state.values() if v.is_floating_point())
+    dropped = "dropped nothing"
+    if mapped.dropped:
+        weight = next((v for v in mapped.dropped.values() if v.dim() >= 2), None)
+        size = f" ({weight.shape[0]} classes)" if weight is not None else ""
+        dropped = f"dropped the file's classifier {_summarize(list(mapped.dropped))}{size}"
+    report = (
+        f"backbone {name}: loaded {len(mapped.state)} tensors ({count / 1e6:.2f} M values) from {path} "
+        f"({mapped.how}); {dropped}"
+    )
+    rank_zero_info(report)
+    return report
+
+
+def _summarize(keys: list[str]) -> str:
+    return str(keys) if len(keys) <= 4 else f"{keys[:4]} and {len(keys) - 4} more"

@@ -43,13 +43,14 @@ from lit_transfer.models.optim import (
     parameter_groups,
 )
 from lit_transfer.models.schedules import check_schedule_options
+from lit_transfer.models.weights_map import WeightsMapSpec
 
 # the public names of this module before metrics and optimization moved out (cli.py and users import them here)
 __all__ = ["DEFAULT_OPTIMIZER", "METRIC_FLUSH_BATCHES", "TransferClassifier", "check_single_balancing"]
 
 
 class TransferClassifier(EpochMetricsModule):
-    """A torchvision (or registered) backbone with a new classification head.
+    """A torchvision, timm (or registered) backbone with a new classification head.
 
     ``num_classes`` and ``class_names`` come from the data module; a config never sets them. Inputs are ``uint8``
     (or float in [0, 1]) batches; normalization happens here, on the device.
@@ -57,9 +58,17 @@ class TransferClassifier(EpochMetricsModule):
     Args:
         num_classes: number of classes (linked from the data module).
         class_names: class names in label order (linked from the data module, stored in checkpoints).
-        backbone: torchvision model name (``resnet50``, ``vgg16``, …) or a registered one (``smallcnn``).
-        weights: ``null`` (random init), a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``) or a path to a
-            state dict, torchvision checkpoint or lit_transfer checkpoint (its backbone part).
+        backbone: torchvision model name (``resnet50``, ``vgg16``, …, or ``torchvision/resnet50``), a timm model as
+            ``timm/<architecture>[.<pretrained tag>]`` (``timm/convnext_tiny.fb_in22k``) or ``hf-hub:<org>/<repo>``,
+            or a registered one (``smallcnn``).
+        weights: ``null`` (random init), a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``), ``pretrained``
+            for a timm backbone (downloaded through timm / the Hugging Face Hub), or a path to a weights file: a
+            state dict (``.pth``, ``.pt``, ``.safetensors``), a torchvision checkpoint or a lit_transfer checkpoint
+            (its backbone part). The file's old classifier is dropped; one line reports what was loaded.
+        weights_map: how a weights file saved by another implementation of the same architecture maps onto the
+            backbone: ``null`` (by name), ``positional`` (tensors in saved order, every shape checked) or
+            ``{strip_prefix: "model.", rename: [[regex, replacement], ...]}`` (see
+            :mod:`lit_transfer.models.weights_map`).
         hidden_dims: hidden layer sizes of the head; empty for a linear head.
         dropout: dropout after each hidden layer (before the linear layer of a linear head).
         freeze: ``none`` (fine-tune all), ``backbone`` (feature extraction), N (first N backbone stages) or a list of
@@ -100,6 +109,7 @@ class TransferClassifier(EpochMetricsModule):
         class_names: list[str] | None = None,
         backbone: str = "resnet18",
         weights: str | None = None,
+        weights_map: WeightsMapSpec = None,
         hidden_dims: list[int] | None = None,
         dropout: float = 0.0,
         freeze: FreezeSpec = "none",
@@ -132,7 +142,7 @@ class TransferClassifier(EpochMetricsModule):
         check_schedule_options(lr_scheduler, warmup_epochs, cosine)  # before any weights are built or downloaded
         self.save_hyperparameters()
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
-        built = build_backbone(backbone, weights)
+        built = build_backbone(backbone, weights, weights_map)
         self.backbone = built.module
         self.head = build_head(built.feature_dim, num_classes, hidden_dims or [], dropout)
         self.register_buffer("mean", torch.tensor(mean or built.mean, dtype=torch.float32).view(1, -1, 1, 1))

@@ -9,15 +9,18 @@ from collections.abc import Sequence
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from lit_transfer.models.timm_source import is_timm_model, timm_stages
+
 # int first: jsonargparse tries a Union in order, and on the command line "2" would otherwise stay a string
 FreezeSpec = int | str | list[str]
 
 
 def backbone_stages(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Top-level stages of a backbone in forward order: children that hold parameters.
+    """Top-level stages of a (torchvision or registered) backbone in forward order: children that hold parameters.
 
     A child called ``features`` (VGG, EfficientNet, MobileNet, DenseNet, ConvNeXt) is expanded into its own children,
-    so "the first N stages" is as fine-grained there as ResNet's ``conv1 … layer4``.
+    so "the first N stages" is as fine-grained there as ResNet's ``conv1 … layer4``. Freezing goes through
+    :func:`stage_parameters`, which also knows timm models' stages.
     """
     stages: list[tuple[str, nn.Module]] = []
     for name, child in backbone.named_children():
@@ -28,11 +31,22 @@ def backbone_stages(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
     return stages
 
 
+def stage_parameters(backbone: nn.Module) -> list[tuple[str, list[str]]]:
+    """The backbone's stages in forward order with their parameter names (relative to the backbone).
+
+    A timm model's stages are timm's own coarse parameter groups (its ``group_matcher``: stem, then each stage or
+    block, as layer-wise learning-rate decay uses them); any other backbone's are :func:`backbone_stages`.
+    """
+    if is_timm_model(backbone):
+        return timm_stages(backbone)
+    return [(name, [f"{name}.{p}" for p, _ in module.named_parameters()]) for name, module in backbone_stages(backbone)]
+
+
 def frozen_parameter_names(backbone: nn.Module, freeze: FreezeSpec) -> set[str]:
     """Names (relative to the backbone) of the parameters that ``freeze`` freezes.
 
     ``freeze`` is ``"none"`` (fine-tune everything), ``"backbone"`` (feature extraction), an integer N (the first N
-    stages of :func:`backbone_stages`) or a list of ``fnmatch`` patterns or name prefixes (``"layer1"``,
+    stages of :func:`stage_parameters`) or a list of ``fnmatch`` patterns or name prefixes (``"layer1"``,
     ``"features.*"``).
     """
     names = [n for n, _ in backbone.named_parameters()]
@@ -41,11 +55,10 @@ def frozen_parameter_names(backbone: nn.Module, freeze: FreezeSpec) -> set[str]:
     if freeze == "backbone":
         return set(names)
     if isinstance(freeze, int) and not isinstance(freeze, bool):
-        stages = backbone_stages(backbone)
+        stages = stage_parameters(backbone)
         if not 0 <= freeze <= len(stages):
             raise ValueError(f"freeze={freeze}: this backbone has {len(stages)} stages ({[s for s, _ in stages]})")
-        prefixes = [s + "." for s, _ in stages[:freeze]]
-        return {n for n in names if n.startswith(tuple(prefixes))}
+        return {n for _, params in stages[:freeze] for n in params}
     if isinstance(freeze, list | tuple):
         frozen = set()
         for pattern in freeze:
@@ -53,7 +66,7 @@ def frozen_parameter_names(backbone: nn.Module, freeze: FreezeSpec) -> set[str]:
             if not hits:
                 raise ValueError(
                     f"freeze pattern {pattern!r} matches no backbone parameter; stages are "
-                    f"{[s for s, _ in backbone_stages(backbone)]}"
+                    f"{[s for s, _ in stage_parameters(backbone)]}"
                 )
             frozen |= hits
         return frozen
@@ -90,6 +103,7 @@ def parameter_table(backbone: nn.Module, head: nn.Module, frozen: set[str] | Non
     A parameter is frozen when it does not require gradients or is named (relative to the backbone) in ``frozen``.
     """
     names = {id(p): n for n, p in backbone.named_parameters()}
+    by_name = dict(backbone.named_parameters())
     frozen = frozen or set()
 
     def trains(p: nn.Parameter) -> bool:
@@ -97,8 +111,9 @@ def parameter_table(backbone: nn.Module, head: nn.Module, frozen: set[str] | Non
 
     rows = []
     seen: set[int] = set()
-    for stage, module in [*backbone_stages(backbone), ("head", head)]:
-        params = [p for p in module.parameters() if id(p) not in seen]
+    groups = [(stage, [by_name[n] for n in params]) for stage, params in stage_parameters(backbone)]
+    for stage, members in [*groups, ("head", list(head.parameters()))]:
+        params = [p for p in members if id(p) not in seen]
         seen |= {id(p) for p in params}
         trainable = sum(p.numel() for p in params if trains(p))
         rows.append((stage, trainable, sum(p.numel() for p in params) - trainable))
@@ -129,8 +144,7 @@ def frozen_at_epoch(backbone: nn.Module, initial_frozen: set[str], milestones: S
         return set(initial_frozen)
     if passed >= len(milestones):
         return set()
-    stages = [s for s, _ in backbone_stages(backbone)]
-    frozen_stages = [s for s in stages if any(n.startswith(s + ".") for n in initial_frozen)]
+    frozen_stages = [set(params) for _, params in stage_parameters(backbone) if initial_frozen.intersection(params)]
     count = math.ceil(len(frozen_stages) * passed / len(milestones))  # never more than all stages
-    thawed = tuple(s + "." for s in frozen_stages[len(frozen_stages) - count :])
-    return {n for n in initial_frozen if not n.startswith(thawed)}
+    thawed = set().union(*frozen_stages[len(frozen_stages) - count :])
+    return {n for n in initial_frozen if n not in thawed}
