@@ -17,6 +17,7 @@ OPTIONS = {
     "audit-rotnet": ["--config", "--audit.images", "--audit.epochs", "--audit.small", "--audit.seed", "--data"],
     "clean-cache": ["--config", "--runs_dir", "--dir", "--dry_run", "--dry-run"],
     "export": ["--config", "--ckpt_path", "--format", "--out", "--tolerance", "--opset", "--image_size"],
+    "backbones": ["list", "show", "--weights", "--image_size", "--json"],
 }
 
 

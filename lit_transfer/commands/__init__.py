@@ -76,6 +76,11 @@ COMMANDS: dict[str, Command] = {
         "lit_transfer.export.command:export",
         "Export a checkpoint to ONNX or TorchScript, with its preprocessing and a parity check.",
     ),
+    "backbones": Command(
+        "lit_transfer.commands.backbones:main",
+        "List backbone names, or show one's feature size, parameters, preprocessing and freeze stages.",
+        parses_argv=True,
+    ),
 }
 
 # Top-level keys of a full fit config that a data-only command accepts and ignores.
