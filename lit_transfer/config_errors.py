@@ -27,6 +27,7 @@ _KEY = re.compile(r'Parser key "([^"]+)"')
 _CLASS_PATH = re.compile(r"Problem with given class_path '([^']+)'")
 _UNKNOWN_OPTION = re.compile(r"""(?:Option '([^']+)' is not accepted|No action for key "([^"]+)")""")
 _UNRECOGNIZED = re.compile(r"unrecognized arguments: (\S+)")
+_GIVEN = re.compile(r"^\s*Given value: (.+)$", re.MULTILINE)
 
 
 def class_options(class_path: str) -> list[str]:
@@ -94,4 +95,7 @@ def explain(message: str, options: Iterable[str] = ()) -> str:
             continue
         kept.append(line)
     text = " ".join(kept) if kept else message.strip()
+    given = [v.strip() for v in _GIVEN.findall(message) if not v.strip().startswith(("NestedArg", "Namespace"))]
+    if given and given[0] not in text:  # an Optional type: the value is only on the filtered "Given value" line
+        text += f", not {given[0]!r}"
     return f"{key}: {text}" if key and not text.startswith(key) else text

@@ -7,7 +7,9 @@ too (but ``import lit_transfer`` itself loads Lightning).
 
 Preprocessing is read from the exported file's metadata and mirrors lit_transfer's evaluation pipeline: EXIF
 orientation, RGB conversion (16-bit rescaled, transparency composited on white), short side resized to
-``resize_size`` (bilinear, antialiased, as torchvision), center crop of ``image_size``. The model normalizes itself.
+``resize_size`` (with the weights' ``interpolation``, antialiased, as torchvision), center crop of ``image_size``;
+``crop_mode`` ``squash`` resizes both sides to ``resize_size`` and ``border`` the long side, padding the crop with
+the mean colour (timm's crop modes). The model normalizes itself.
 A RotNet export records its data module's ``predict`` view instead, and :func:`preprocess` rebuilds it: JPEGs
 decoded at a reduced size (``decode_min_side``), the ``resize_size`` source square (``square``: ``crop`` or
 ``resize``), the low-pass of the ``safe`` geometry (``low_pass``, with ``numpy.fft``), center crop of ``image_size``.
@@ -98,7 +100,20 @@ def load_image(image: ImageInput, min_side: int | None = None) -> Image.Image:
         return to_rgb(img)
 
 
-def resize_short_side(img: Image.Image, size: int) -> Image.Image:
+RESAMPLING = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
+
+
+def _resample(interpolation: str) -> Image.Resampling:
+    if interpolation not in RESAMPLING:
+        raise ValueError(f"unknown interpolation {interpolation!r} in the model's metadata: use {sorted(RESAMPLING)}")
+    return RESAMPLING[interpolation]
+
+
+def resize_short_side(img: Image.Image, size: int, interpolation: str = "bilinear") -> Image.Image:
     """Resize so the short side is ``size`` (the long side truncated, as torchvision's ``Resize(int)``)."""
     w, h = img.size
     short, long = (w, h) if w <= h else (h, w)
@@ -106,14 +121,24 @@ def resize_short_side(img: Image.Image, size: int) -> Image.Image:
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
     if (new_w, new_h) == (w, h):
         return img
-    return img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    return img.resize((new_w, new_h), _resample(interpolation))
 
 
-def center_crop(img: Image.Image, size: int) -> Image.Image:
-    """The central ``size`` square, zero-padded first where the image is smaller (torchvision's ``CenterCrop``)."""
+def resize_long_side(img: Image.Image, size: int, interpolation: str = "bilinear") -> Image.Image:
+    """Resize so the long side is ``size``, the short side rounded (timm's ``ResizeKeepRatio(longest=1)``)."""
+    w, h = img.size
+    ratio = max(w, h) / size
+    new_w, new_h = round(w / ratio), round(h / ratio)
+    if (new_w, new_h) == (w, h):
+        return img
+    return img.resize((new_w, new_h), _resample(interpolation))
+
+
+def center_crop(img: Image.Image, size: int, fill: tuple[int, ...] = (0, 0, 0)) -> Image.Image:
+    """The central ``size`` square, padded with ``fill`` first where the image is smaller (``CenterCrop``)."""
     w, h = img.size
     if w < size or h < size:
-        padded = Image.new(img.mode, (max(w, size), max(h, size)))
+        padded = Image.new(img.mode, (max(w, size), max(h, size)), fill)
         padded.paste(img, ((size - w) // 2 if size > w else 0, (size - h) // 2 if size > h else 0))
         img, (w, h) = padded, padded.size
     top, left = round((h - size) / 2.0), round((w - size) / 2.0)
@@ -150,16 +175,30 @@ def preprocess(
     square: str | None = None,
     low_pass: dict[str, Any] | None = None,
     decode_min_side: int | None = None,
+    interpolation: str = "bilinear",
+    crop_mode: str = "center",
+    fill: tuple[int, ...] = (0, 0, 0),
 ) -> np.ndarray:
     """One image → ``uint8`` array ``(3, image_size, image_size)``, as lit_transfer evaluates.
 
-    ``square`` is ``None`` for a classifier (short side to ``resize_size``, center crop ``image_size``); a RotNet
-    model first makes the ``resize_size`` square source (``crop``: short side and center square; ``resize``:
-    squashed), low-passes it when ``low_pass`` is given, and takes its central ``image_size`` square.
+    ``square`` is ``None`` for a classifier: resized by ``crop_mode`` (``center``: short side to ``resize_size``;
+    ``squash``: both sides; ``border``: long side, the crop padded with ``fill``) with ``interpolation``, then the
+    center crop of ``image_size``. A RotNet model first makes the ``resize_size`` square source (``crop``: short side
+    and center square; ``resize``: squashed), low-passes it when ``low_pass`` is given, and takes its central
+    ``image_size`` square.
     """
     img = load_image(image, decode_min_side)
     if square is None:
-        img = center_crop(resize_short_side(img, resize_size), image_size)
+        if crop_mode == "center":
+            img = center_crop(resize_short_side(img, resize_size, interpolation), image_size)
+        elif crop_mode == "squash":
+            if img.size != (resize_size, resize_size):
+                img = img.resize((resize_size, resize_size), _resample(interpolation))
+            img = center_crop(img, image_size)
+        elif crop_mode == "border":
+            img = center_crop(resize_long_side(img, resize_size, interpolation), image_size, fill)
+        else:
+            raise ValueError(f"unknown crop_mode {crop_mode!r} in the model's metadata: use center, squash or border")
         return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
     if square == "resize":
         if img.size != (resize_size, resize_size):
@@ -232,6 +271,8 @@ class Predictor:
         class_names: class names in output order.
         image_size: side of the square model input.
         resize_size: short side images are resized to before the center crop (RotNet: the source square's side).
+        interpolation: the resize's ``bilinear``, ``bicubic`` or ``nearest`` (older exports: ``bilinear``).
+        crop_mode: ``center``, ``squash`` or ``border`` (older exports: ``center``).
         class_angles: each class's angle in degrees for a RotNet model, else ``None``.
         square: RotNet's ``crop`` or ``resize`` source square, ``None`` for a classifier.
         low_pass: RotNet's low-pass of the source (``inner``, ``outer``, ``pad``), or ``None``.
@@ -247,6 +288,10 @@ class Predictor:
         self.class_names: list[str] = [str(n) for n in metadata["class_names"]]
         self.image_size = int(metadata["image_size"])
         self.resize_size = int(metadata["resize_size"])
+        self.interpolation = str(metadata.get("interpolation") or "bilinear")
+        self.crop_mode = str(metadata.get("crop_mode") or "center")
+        mean = metadata.get("mean") or [0.0, 0.0, 0.0]
+        self._fill = tuple(round(255 * float(m)) for m in mean)
         angles = metadata.get("class_angles")
         self.class_angles: list[float] | None = [float(a) for a in angles] if angles is not None else None
         self.square: str | None = metadata.get("square")
@@ -257,7 +302,17 @@ class Predictor:
 
     def preprocess(self, image: ImageInput) -> np.ndarray:
         """One image → the model's ``uint8`` input ``(3, image_size, image_size)``."""
-        return preprocess(image, self.resize_size, self.image_size, self.square, self.low_pass, self.decode_min_side)
+        return preprocess(
+            image,
+            self.resize_size,
+            self.image_size,
+            self.square,
+            self.low_pass,
+            self.decode_min_side,
+            self.interpolation,
+            self.crop_mode,
+            self._fill,
+        )
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities ``(N, num_classes)`` of a preprocessed ``uint8`` batch ``(N, 3, H, W)``."""

@@ -87,7 +87,7 @@ def test_explicit_values_override() -> None:
     lite = resolve_preprocessing("timm/tf_efficientnet_lite0", "pretrained", image_size=160)
     assert lite.resize_size == 182  # floor(160 / 0.875), as timm computes it
     assert lite.to_dict() == {
-        "input_size": 160, "interpolation": "bicubic", "crop_pct": 0.875, "resize_size": 182,
+        "input_size": 160, "interpolation": "bicubic", "crop_pct": 0.875, "resize_size": 182, "crop_mode": "center",
         "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
     }  # fmt: skip
 

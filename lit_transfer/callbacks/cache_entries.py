@@ -48,7 +48,7 @@ def extract_entry(
     build = cast(Path, strategy.broadcast(fc.build_folder(cache, final.name) if rank == 0 else None, src=0))
     rank_zero_info(
         f"feature cache: extracting {split} features of {len(dataset):,} images with "
-        f"{model.hparams.get('backbone')} into {final}"
+        f"{getattr(model, 'backbone_name', None) or model.hparams.get('backbone')} into {final}"
     )
     start = time.perf_counter()
     sampler = EpochSampler(len(dataset), False, datamodule.seed, world, rank, pad=False)

@@ -6,6 +6,7 @@ Extracting and opening one entry is in :mod:`~lit_transfer.callbacks.cache_entri
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -135,7 +136,10 @@ class FeatureCache(Callback):
         key, parts = self._key(trainer, model, split, dataset)
         if (split, key) in self._open:
             return self._open[(split, key)]
-        name = f"{split}-{model.hparams.get('backbone', 'model')}-{key}"
+        # one folder name: a backbone such as timm/<arch> or hf-hub:<org>/<repo> must not make nested folders
+        label = getattr(model, "backbone_name", None) or model.hparams.get("backbone", "model")  # my_pkg.MyNet
+        backbone = re.sub(r"[^A-Za-z0-9._-]+", "_", str(label))
+        name = f"{split}-{backbone}-{key}"
         final = self.folder / name
         strategy = trainer.strategy
         if self.rebuild and final not in self._rebuilt:

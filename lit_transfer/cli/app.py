@@ -17,6 +17,7 @@ from torch.optim import Optimizer
 from lit_transfer.callbacks import FeatureCache, RunCheckpoint, TensorBoardReports
 from lit_transfer.cli.checkpoints import (
     CKPT_PATH_HINT,
+    check_checkpoint_backbone,
     check_checkpoint_class,
     check_resume_data,
     checkpoint_samples,
@@ -27,6 +28,7 @@ from lit_transfer.cli.checkpoints import (
 )
 from lit_transfer.cli.checks import check_experiment_name, check_monitor, check_shards, check_split_not_empty
 from lit_transfer.cli.parsing import command_options, config_file_problem, with_default_optimizer
+from lit_transfer.cli.preprocessing import link_preprocessing
 from lit_transfer.commands import COMMANDS
 from lit_transfer.config_errors import explain
 from lit_transfer.core.checkpoints import checkpoint_error, load_checkpoint
@@ -182,6 +184,8 @@ class LitTransferCLI(LightningCLI):
         if ckpt:
             model = self.config[subcommand].get("model")
             check_checkpoint_class(ckpt, model.get("class_path") if isinstance(model, Namespace | dict) else None)
+            init = model.get("init_args") if isinstance(model, Namespace | dict) else None
+            check_checkpoint_backbone(ckpt, init.get("backbone") if isinstance(init, Namespace | dict) else None)
         try:
             super()._parse_ckpt_path()
         except Exception as err:
@@ -224,6 +228,13 @@ class LitTransferCLI(LightningCLI):
         return list(names) if names else None
 
     # --- building ---------------------------------------------------------------------------------------------------
+
+    def before_instantiate_classes(self) -> None:
+        """Link the backbone's preprocessing (resize, crop, interpolation) into the data module's config."""
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        for warning in link_preprocessing(config):
+            rank_zero_warn(warning)
 
     def instantiate_classes(self) -> None:
         """Instantiate data, model and trainer; a failure here is a configuration error, reported cleanly."""

@@ -6,12 +6,14 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import Namespace
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_transfer.callbacks.checkpoint import newest_valid_checkpoint
 from lit_transfer.core.checkpoints import CheckpointLoadError, load_checkpoint
 from lit_transfer.core.errors import ConfigError
 from lit_transfer.export import MODEL_CLASSES, refuse_unknown_class
+from lit_transfer.export.rebuild import checkpoint_backbone_class, refuse_untrusted_backbone
 
 CKPT_PATH_HINT = "--ckpt_path last takes the newest readable checkpoint of this experiment"
 
@@ -77,6 +79,25 @@ def check_checkpoint_class(ckpt: str, configured: str | None) -> None:
     if not class_path or class_path in MODEL_CLASSES or class_path == configured:
         return
     raise ConfigError(f"--ckpt_path {ckpt!r}: {refuse_unknown_class(str(class_path))}")
+
+
+def check_checkpoint_backbone(ckpt: str, configured: Any) -> None:
+    """Refuse a checkpoint whose backbone is a user module that the config does not name (nothing is imported).
+
+    ``configured`` is the config's ``model.init_args.backbone`` (a name, or a ``BackboneSpec`` / mapping).
+    """
+    state = checkpoint_state(ckpt)
+    own = checkpoint_backbone_class(state) if state is not None else None
+    if own is None:
+        return
+    named = getattr(configured, "class_path", None) or (
+        configured.get("class_path") if isinstance(configured, dict | Namespace) else None
+    )
+    if named != own:
+        raise ConfigError(
+            f"--ckpt_path {ckpt!r}: "
+            + refuse_untrusted_backbone(own, "the checkpoint", f"model.backbone.class_path: {own} in the config")
+        )
 
 
 def refuse_finished(ckpt: str, trainer: Any) -> None:

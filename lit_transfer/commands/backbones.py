@@ -149,7 +149,7 @@ class BackboneInfo:
             f"backbone      {self.name} (weights: {self.weights})",
             f"feature_dim   {self.feature_dim}",
             f"parameters    {self.parameters:,}",
-            f"preprocessing resize {pre.resize_size} ({pre.interpolation}), center crop {pre.input_size} "
+            f"preprocessing resize {pre.resize_size} ({pre.interpolation}), {_CROPS[pre.crop_mode]} {pre.input_size} "
             f"(crop_pct {pre.crop_pct:.4g})",
             f"              mean {_floats(pre.mean)}, std {_floats(pre.std)}",
             f"stages        {len(self.stages)}: model.freeze: N freezes the first N; an unfreeze schedule thaws "
@@ -199,6 +199,9 @@ def _with_timm_hint(name: str, message: str) -> str:
         return f"{message}; timm has it: {TIMM_PREFIX}{name}"
     close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.8)
     return f"{message}; timm: {[TIMM_PREFIX + c for c in close]}" if close else message
+
+
+_CROPS = {"center": "center crop", "squash": "squashed, center crop", "border": "long side, center crop or pad"}
 
 
 def _floats(values: Sequence[float]) -> str:

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lit_transfer.core.batches import BadSample as BadSample  # re-exported
 from lit_transfer.core.batches import Batch, FeatureBatch
+from lit_transfer.core.preprocessing import Preprocessing
 from lit_transfer.core.run_folder import run_dir
 from lit_transfer.core.seeding import mix_seed as mix_seed  # re-exported
 from lit_transfer.data import distributed, loaders, manifest_state, run_files, scan, screening
@@ -36,6 +37,28 @@ from lit_transfer.data.sampler import BalancedSampler
 from lit_transfer.data.settings import check_settings
 from lit_transfer.data.splits import Sample, manifest_hash
 from lit_transfer.data.transforms import eval_transform, train_transform
+
+DEFAULT_IMAGE_SIZE = 224  # without weights that say otherwise
+
+
+def resolve_data_preprocessing(
+    image_size: int | None, preprocessing: Preprocessing | dict[str, Any] | None
+) -> Preprocessing:
+    """The data module's preprocessing: the one given (its size must agree with ``image_size``), else the default.
+
+    Raises:
+        ValueError: ``image_size`` and ``preprocessing.input_size`` disagree, or a bad ``preprocessing`` mapping.
+    """
+    if isinstance(preprocessing, dict):
+        preprocessing = Preprocessing.from_dict(preprocessing)
+    if preprocessing is None:
+        return Preprocessing.default(DEFAULT_IMAGE_SIZE if image_size is None else image_size)
+    if image_size is not None and image_size != preprocessing.input_size:
+        raise ValueError(
+            f"data.image_size={image_size} and data.preprocessing.input_size={preprocessing.input_size} disagree; "
+            "give one of them (image_size alone keeps the weights' resize ratio and interpolation)"
+        )
+    return preprocessing
 
 
 class DatasetWrapper(Protocol):
@@ -56,7 +79,8 @@ class BaseImageDataModule(pl.LightningDataModule):
     implement :meth:`build_samples`.
 
     Args:
-        image_size: side of the square crops fed to the model.
+        image_size: side of the square crops fed to the model; ``null`` takes the size the backbone's weights were
+            trained at (the CLI resolves it from ``model.backbone`` and ``model.weights``), else 224.
         batch_size: images per batch (per device).
         num_workers: loader processes; ``None`` uses every core this process may use, shared among the training
             processes of a node.
@@ -74,12 +98,17 @@ class BaseImageDataModule(pl.LightningDataModule):
             stored in the checkpoint).
         decode_scale: large JPEGs are decoded at a reduced size (1/2, 1/4, 1/8, inside the decoder) whose shorter
             side is still at least ``decode_scale`` x ``image_size`` pixels; ``null`` always decodes in full.
+        preprocessing: the evaluation resize, crop and interpolation (and the train crop's size and interpolation):
+            ``input_size``, ``resize_size`` or ``crop_pct``, ``interpolation``, ``crop_mode``, ``mean``, ``std``.
+            The CLI fills it in from the backbone's weights (their own metadata, e.g. EfficientNet-B0: resize 256,
+            crop 224, bicubic) unless the config gives it; ``null`` outside the CLI means lit_transfer's defaults
+            (resize to ``image_size / 0.875``, bilinear, center crop).
 
     """
 
     def __init__(
         self,
-        image_size: int = 224,
+        image_size: int | None = None,
         batch_size: int = 32,
         num_workers: int | None = None,
         augmentation: str = "standard",
@@ -94,12 +123,22 @@ class BaseImageDataModule(pl.LightningDataModule):
         sampler: Literal["random", "balanced"] = "random",
         normalize: Literal["model", "dataset"] = "model",
         decode_scale: float | None = 2.0,
+        preprocessing: dict[str, Any] | Preprocessing | None = None,
     ) -> None:
         super().__init__()
+        self.preprocessing = resolve_data_preprocessing(image_size, preprocessing)
+        self.image_size = self.preprocessing.input_size
         check_settings(
-            image_size, batch_size, num_workers, augmentation, bad_images, predict_dir, sampler, normalize, decode_scale
+            self.image_size,
+            batch_size,
+            num_workers,
+            augmentation,
+            bad_images,
+            predict_dir,
+            sampler,
+            normalize,
+            decode_scale,
         )
-        self.image_size = image_size
         self.batch_size = batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self._auto_workers = num_workers is None
@@ -215,12 +254,13 @@ class BaseImageDataModule(pl.LightningDataModule):
     def make_dataset(self, root: str | Path, paths: Sequence[str], targets: Sequence[int], split: str) -> Dataset:
         """The dataset of one split: the train transform for ``train``, the evaluation transform otherwise."""
         if split == "train":
-            transform = train_transform(self.augmentation, self.image_size)
+            transform = train_transform(self.augmentation, self.preprocessing)
         else:
-            transform = eval_transform(self.image_size)
-        return ImageFilesDataset(
-            root, paths, targets, transform, split, self.bad_images, self.seed, self.decode_min_side(self.image_size)
-        )
+            transform = eval_transform(self.preprocessing)
+        min_side = self.decode_min_side(self.image_size)
+        if min_side is not None:  # never decode below the evaluation resize (a crop_pct far below 1)
+            min_side = max(min_side, self.preprocessing.resize_size)
+        return ImageFilesDataset(root, paths, targets, transform, split, self.bad_images, self.seed, min_side)
 
     def decode_min_side(self, size: int) -> int | None:
         """The shorter side large JPEGs may be decoded down to, for crops of ``size`` pixels (``decode_scale``)."""
@@ -235,7 +275,7 @@ class BaseImageDataModule(pl.LightningDataModule):
         if not isinstance(dataset, ImageFilesDataset):
             return None
         image = dataset.load(index)
-        return None if isinstance(image, BadSample) else eval_transform(self.image_size)(image)
+        return None if isinstance(image, BadSample) else eval_transform(self.preprocessing)(image)
 
     def paths_of(self, split: str, indices: Sequence[int]) -> list[str]:
         """File paths of dataset items, for messages that must name files."""

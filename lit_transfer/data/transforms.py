@@ -4,6 +4,9 @@ Every preset ends in a ``uint8`` CHW tensor. Conversion to float and normalizati
 the model (:class:`lit_transfer.models.TransferClassifier`), on the device, with the mean/std of the backbone's
 weights: the data pipeline never needs to know the model, batches are 4x smaller to copy, and exported models
 carry their own normalization.
+
+Sizes and interpolation come from a :class:`~lit_transfer.core.preprocessing.Preprocessing` (the CLI resolves it
+from the backbone's weights); a plain ``image_size`` means lit_transfer's defaults at that size.
 """
 
 from __future__ import annotations
@@ -11,16 +14,81 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.v2 import functional as TF
+
+from lit_transfer.core.preprocessing import DEFAULT_CROP_PCT, Preprocessing
 
 Transform = Callable[..., torch.Tensor]
-TRANSFORM_PRESETS: dict[str, Callable[[int], Transform]] = {}
+TransformPreset = Callable[[Preprocessing], Transform]
+TRANSFORM_PRESETS: dict[str, TransformPreset] = {}
 
-EVAL_CROP_RATIO = 0.875  # resize to image_size / 0.875 then center-crop, as ImageNet evaluation does (256 → 224)
+EVAL_CROP_RATIO = DEFAULT_CROP_PCT  # resize to image_size / 0.875 then center-crop, as ImageNet evaluation does
 
 
-def register_transform(name: str) -> Callable[[Callable[[int], Transform]], Callable[[int], Transform]]:
-    """Register a train transform preset under ``name`` (a function of ``image_size``); a name is registered once.
+def as_preprocessing(size: int | Preprocessing) -> Preprocessing:
+    """``size`` itself when it is a :class:`Preprocessing`, else lit_transfer's default preprocessing at ``size``."""
+    return size if isinstance(size, Preprocessing) else Preprocessing.default(int(size))
+
+
+def interpolation_mode(name: str) -> InterpolationMode:
+    """The torchvision interpolation mode called ``name`` (``bilinear``, ``bicubic``, ``nearest``).
+
+    ``nearest`` is torchvision's ``nearest-exact``: pixel centres as Pillow (and so timm's own pipeline) picks them.
+    """
+    return InterpolationMode.NEAREST_EXACT if name == "nearest" else InterpolationMode(name)
+
+
+class ResizeLongSide(torch.nn.Module):
+    """Resize so the long side is ``size``, the short side rounded (timm's ``ResizeKeepRatio(longest=1)``)."""
+
+    def __init__(self, size: int, interpolation: InterpolationMode) -> None:
+        super().__init__()
+        self.size = size
+        self.interpolation = interpolation
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """The resized ``uint8`` CHW image."""
+        height, width = image.shape[-2:]
+        ratio = max(height, width) / self.size
+        target = [round(height / ratio), round(width / ratio)]
+        if target == [height, width]:
+            return image
+        return TF.resize(image, target, interpolation=self.interpolation, antialias=True)
+
+    def extra_repr(self) -> str:
+        """Size and interpolation, so the feature cache tells two of them apart."""
+        return f"size={self.size}, interpolation={self.interpolation.value}"
+
+
+class CenterCropOrPad(torch.nn.Module):
+    """The central ``size`` square, padded with ``fill`` where the image is smaller (timm's ``border`` crop mode)."""
+
+    def __init__(self, size: int, fill: tuple[int, ...]) -> None:
+        super().__init__()
+        self.size = size
+        self.fill = list(fill)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Pad (centred, ``fill``) to at least ``size`` on both sides, then crop the central square."""
+        height, width = image.shape[-2:]
+        pad_w, pad_h = max(self.size - width, 0), max(self.size - height, 0)
+        if pad_w or pad_h:
+            padding = [pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2]
+            channels = [TF.pad(image[c : c + 1], padding, fill=v) for c, v in enumerate(self.fill[: image.shape[0]])]
+            image = torch.cat(channels)
+        return TF.center_crop(image, [self.size, self.size])
+
+    def extra_repr(self) -> str:
+        """Size and fill, so the feature cache tells two of them apart."""
+        return f"size={self.size}, fill={self.fill}"
+
+
+def register_transform(name: str) -> Callable[[TransformPreset], TransformPreset]:
+    """Register a train transform preset under ``name``; a name is registered once.
+
+    A preset is a function of the :class:`Preprocessing` (its ``input_size`` is the output side, its
+    ``interpolation`` the weights'), returning a transform from a PIL image to a ``uint8`` CHW tensor.
 
     Raises:
         ValueError: ``name`` is already a preset (``standard``, ``seed002``, ``none`` or one registered before).
@@ -31,7 +99,7 @@ def register_transform(name: str) -> Callable[[Callable[[int], Transform]], Call
             "choose another name"
         )
 
-    def wrap(fn: Callable[[int], Transform]) -> Callable[[int], Transform]:
+    def wrap(fn: TransformPreset) -> TransformPreset:
         if name in TRANSFORM_PRESETS:  # registered between the decorator's creation and its application
             raise ValueError(f"augmentation preset {name!r} is already registered")
         TRANSFORM_PRESETS[name] = fn
@@ -40,51 +108,69 @@ def register_transform(name: str) -> Callable[[Callable[[int], Transform]], Call
     return wrap
 
 
-def eval_transform(image_size: int) -> Transform:
-    """Resize the short side to ``image_size / 0.875`` and center-crop ``image_size``."""
+def eval_transform(preprocessing: int | Preprocessing) -> Transform:
+    """The evaluation view: resize (``crop_mode`` ``center``, ``squash`` or ``border``), then the central crop.
+
+    An ``int`` is lit_transfer's default: short side to ``image_size / 0.875`` (bilinear), center crop.
+    """
+    pre = as_preprocessing(preprocessing)
+    mode = interpolation_mode(pre.interpolation)
+    if pre.crop_mode == "squash":
+        resize = v2.Resize((pre.resize_size, pre.resize_size), interpolation=mode, antialias=True)
+        crop: Transform = v2.CenterCrop(pre.input_size)
+    elif pre.crop_mode == "border":
+        resize = ResizeLongSide(pre.resize_size, mode)
+        crop = CenterCropOrPad(pre.input_size, tuple(round(255 * m) for m in pre.mean))
+    else:
+        resize = v2.Resize(pre.resize_size, interpolation=mode, antialias=True)
+        crop = v2.CenterCrop(pre.input_size)
+    return v2.Compose([v2.PILToTensor(), resize, crop])
+
+
+@register_transform("standard")
+def standard_transform(pre: Preprocessing) -> Transform:
+    """RandomResizedCrop + horizontal flip: the usual ImageNet fine-tuning recipe."""
+    mode = interpolation_mode(pre.interpolation)
     return v2.Compose(
         [
             v2.PILToTensor(),
-            v2.Resize(round(image_size / EVAL_CROP_RATIO), antialias=True),
-            v2.CenterCrop(image_size),
+            v2.RandomResizedCrop(pre.input_size, interpolation=mode, antialias=True),
+            v2.RandomHorizontalFlip(),
         ]
     )
 
 
-@register_transform("standard")
-def standard_transform(image_size: int) -> Transform:
-    """RandomResizedCrop + horizontal flip: the usual ImageNet fine-tuning recipe."""
-    return v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()])
-
-
 @register_transform("seed002")
-def seed002_transform(image_size: int) -> Transform:
-    """The Caltech101 tutorial's augmentation, scaled to ``image_size`` (256 → 224 at the default size).
+def seed002_transform(pre: Preprocessing) -> Transform:
+    """The Caltech101 tutorial's augmentation, scaled to the input size (256 → 224 at the default size).
 
     ``ColorJitter()`` is kept with its default arguments, as in the tutorial, where it changes nothing.
     """
+    mode = interpolation_mode(pre.interpolation)
     return v2.Compose(
         [
             v2.PILToTensor(),
-            v2.RandomResizedCrop(round(image_size * 256 / 224), scale=(0.8, 1.0), antialias=True),
+            v2.RandomResizedCrop(
+                round(pre.input_size * 256 / 224), scale=(0.8, 1.0), interpolation=mode, antialias=True
+            ),
             v2.RandomRotation(15),
             v2.ColorJitter(),
             v2.RandomHorizontalFlip(),
-            v2.CenterCrop(image_size),
+            v2.CenterCrop(pre.input_size),
         ]
     )
 
 
 @register_transform("none")
-def no_augmentation(image_size: int) -> Transform:
+def no_augmentation(pre: Preprocessing) -> Transform:
     """No augmentation: training images get the evaluation resize and crop."""
-    return eval_transform(image_size)
+    return eval_transform(pre)
 
 
 # Transforms that map an image to the same output every time (no random parameters).
 DETERMINISTIC_TRANSFORMS: tuple[type, ...] = (
     v2.PILToTensor, v2.ToImage, v2.ToDtype, v2.ToPureTensor, v2.Resize, v2.CenterCrop, v2.Normalize, v2.Grayscale,
-    v2.Identity, v2.Pad, v2.RGB,
+    v2.Identity, v2.Pad, v2.RGB, ResizeLongSide, CenterCropOrPad,
 )  # fmt: skip
 
 
@@ -99,8 +185,8 @@ def is_deterministic(transform: Transform) -> bool:
     return isinstance(transform, DETERMINISTIC_TRANSFORMS)
 
 
-def train_transform(name: str, image_size: int) -> Transform:
-    """The train transform preset ``name`` at ``image_size``."""
+def train_transform(name: str, preprocessing: int | Preprocessing) -> Transform:
+    """The train transform preset ``name`` for ``preprocessing`` (an ``int``: the default one at that size)."""
     if name not in TRANSFORM_PRESETS:
         raise ValueError(f"unknown augmentation {name!r}; valid presets: {sorted(TRANSFORM_PRESETS)}")
-    return TRANSFORM_PRESETS[name](image_size)
+    return TRANSFORM_PRESETS[name](as_preprocessing(preprocessing))

@@ -48,6 +48,7 @@ def export(
     opset: PositiveInt = DEFAULT_OPSET,
     image_size: PositiveInt | None = None,
     resize_size: PositiveInt | None = None,
+    trust_backbone: str | None = None,
 ) -> None:
     """Export a checkpoint to ONNX or TorchScript, and check the exported file against the PyTorch model.
 
@@ -63,9 +64,13 @@ def export(
         opset: ONNX opset.
         image_size: input size if the checkpoint lacks it.
         resize_size: override the recorded eval resize.
+        trust_backbone: the class path of the checkpoint's own backbone module (``my_pkg.MyNet``), to import it:
+            a checkpoint alone never chooses code to run.
     """
     try:
-        result = export_checkpoint(ckpt_path, format, out, tolerance, opset, image_size, resize_size)
+        result = export_checkpoint(
+            ckpt_path, format, out, tolerance, opset, image_size, resize_size, trust_backbone=trust_backbone
+        )
     except CheckpointError as err:
         print(f"lit_transfer export: error: {err}", file=sys.stderr)
         sys.exit(2)

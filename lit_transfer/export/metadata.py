@@ -14,6 +14,7 @@ import torch
 
 from lit_transfer import __version__
 from lit_transfer.core.angles import named_angles
+from lit_transfer.core.preprocessing import Preprocessing
 from lit_transfer.data.transforms import EVAL_CROP_RATIO
 from lit_transfer.export.graph import INPUT_NAME, OUTPUT_NAMES
 from lit_transfer.export.rebuild import CheckpointError
@@ -37,11 +38,13 @@ def class_angles(model: TransferClassifier) -> list[float] | None:
 def eval_resize_size(image_size: int, angles: Sequence[float] | None, ckpt: dict[str, Any] | None = None) -> int:
     """Short side images are resized to before the ``image_size`` center crop, as the data modules evaluate.
 
-    Classifiers: ``round(image_size / 0.875)``. RotNet: the side of the square source the data module rotates
+    Classifiers: the checkpoint's recorded preprocessing (:func:`eval_preprocessing`), else
+    ``round(image_size / 0.875)``. RotNet: the side of the square source the data module rotates
     (:func:`rotation_preprocessing`).
     """
     if angles is None:
-        return round(image_size / EVAL_CROP_RATIO)
+        saved = ((ckpt or {}).get("lit_transfer") or {}).get("preprocessing")
+        return eval_preprocessing(saved, image_size).resize_size if saved else round(image_size / EVAL_CROP_RATIO)
     return int(rotation_preprocessing(ckpt or {}, angles, image_size)["source_size"])
 
 
@@ -91,16 +94,20 @@ def build_metadata(
     angles = class_angles(model)
     class_names = [str(n) for n in model.class_names]
     rotation = rotation_preprocessing(ckpt, angles, image_size, resize_size) if angles is not None else None
-    resize_size = rotation["source_size"] if rotation is not None else resize_size or eval_resize_size(image_size, None)
+    pre = eval_preprocessing(info.get("preprocessing"), image_size, resize_size)
+    resize_size = rotation["source_size"] if rotation is not None else pre.resize_size
     metadata: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "task": "rotation" if angles is not None else "classification",
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
-        "backbone": model.hparams.get("backbone"),
+        "backbone": model.backbone_name,  # a display name: resnet50, timm/convnext_tiny, my_pkg.MyNet
         "class_names": class_names,
         "num_classes": len(class_names),
         "image_size": image_size,
         "resize_size": int(resize_size),
+        "interpolation": pre.interpolation if rotation is None else "bilinear",
+        "crop_mode": pre.crop_mode if rotation is None else "center",
+        "crop_pct": pre.crop_pct,
         "mean": [float(v) for v in model.mean.flatten()],
         "std": [float(v) for v in model.std.flatten()],
         "input": {
@@ -111,7 +118,7 @@ def build_metadata(
             "shape": ["batch", 3, image_size, image_size],
         },
         "outputs": list(OUTPUT_NAMES),
-        "preprocessing": _describe_preprocessing(rotation),
+        "preprocessing": _describe_preprocessing(rotation, pre),
         "manifest_hash": info.get("manifest_hash"),
         "checkpoint": Path(ckpt_path).name,
         "epoch": ckpt.get("epoch"),
@@ -132,12 +139,34 @@ def build_metadata(
     return metadata
 
 
-def _describe_preprocessing(rotation: dict[str, Any] | None) -> str:
+def eval_preprocessing(saved: Any, image_size: int, resize_size: int | None = None) -> Preprocessing:
+    """A classifier's evaluation preprocessing at ``image_size``: the checkpoint's (as trained), else the default.
+
+    ``resize_size`` replaces the saved resize; at another ``image_size`` than trained the resize keeps the trained
+    crop fraction. Checkpoints from before preprocessing was recorded get ``round(image_size / 0.875)``, bilinear.
+    """
+    pre = Preprocessing.from_dict(saved) if isinstance(saved, dict) else Preprocessing.default(image_size)
+    if pre.input_size != image_size:
+        pre = Preprocessing.from_dict(pre.to_dict() | {"input_size": image_size, "resize_size": None})
+    if resize_size is not None:
+        pre = Preprocessing.from_dict(pre.to_dict() | {"resize_size": resize_size})
+    return pre
+
+
+_RESIZES = {
+    "center": "short side resized to resize_size",
+    "squash": "squashed to resize_size x resize_size",
+    "border": "long side resized to resize_size",
+}
+
+
+def _describe_preprocessing(rotation: dict[str, Any] | None, pre: Preprocessing) -> str:
     """The ``preprocessing`` text of the metadata: what :mod:`lit_transfer.inference` does to an image."""
     start = "EXIF orientation applied, RGB (16-bit rescaled, transparency on white), "
     end = "; uint8 in, normalization is in the model"
     if rotation is None:
-        return start + "short side resized to resize_size (bilinear, antialiased), center crop of image_size" + end
+        crop = "center crop of image_size" + (" (padded with the mean colour)" if pre.crop_mode == "border" else "")
+        return start + f"{_RESIZES[pre.crop_mode]} ({pre.interpolation}, antialiased), {crop}" + end
     if rotation["decode_min_side"] is not None:
         start += "a JPEG of shorter side >= 2 decode_min_side decoded at the reduced size (draft) of shorter side >= "
         start += "decode_min_side, "

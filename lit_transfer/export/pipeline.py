@@ -63,6 +63,7 @@ def export_checkpoint(
     image_size: int | None = None,
     resize_size: int | None = None,
     batch_sizes: Sequence[int] = PARITY_BATCH_SIZES,
+    trust_backbone: str | None = None,
 ) -> ExportResult:
     """Export a checkpoint and check the exported file against the PyTorch model.
 
@@ -75,6 +76,7 @@ def export_checkpoint(
         image_size: input size when the checkpoint does not record it.
         resize_size: eval resize (short side) to record instead of the data module's default.
         batch_sizes: batch sizes of the random parity batches.
+        trust_backbone: the class path of the checkpoint's own backbone module, to import it.
 
     Returns:
         The result; when it did not pass, the file is at :func:`failed_path` of ``out``, not at ``out``.
@@ -86,7 +88,7 @@ def export_checkpoint(
         raise ValueError(f"format {fmt!r}: use one of {sorted(DEFAULT_SUFFIX)}")
     ckpt_path = Path(ckpt_path)
     ckpt = load_checkpoint(ckpt_path)
-    model = rebuild_model(ckpt, source=f"checkpoint {str(ckpt_path)!r}")
+    model = rebuild_model(ckpt, source=f"checkpoint {str(ckpt_path)!r}", trusted_backbone=trust_backbone)
     metadata = build_metadata(model, ckpt, ckpt_path, image_size, resize_size)
     target = Path(out) if out is not None else default_out(ckpt_path, fmt)
     if target.is_dir():

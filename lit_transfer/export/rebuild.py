@@ -65,8 +65,34 @@ def model_class(class_path: str | None, source: str = "the checkpoint") -> type[
     return getattr(importlib.import_module(module_name), name)
 
 
-def rebuild_model(ckpt: dict[str, Any], source: str = "the checkpoint") -> TransferClassifier:
-    """The checkpoint's model in eval mode: its class, its hyperparameters (``weights`` → None), its state dict."""
+def checkpoint_backbone_class(ckpt: dict[str, Any]) -> str | None:
+    """The class path of the user's own backbone module a checkpoint names, or ``None`` for a backbone name."""
+    backbone = (ckpt.get("hyper_parameters") or {}).get("backbone")
+    return str(backbone.get("class_path")) if isinstance(backbone, dict) and backbone.get("class_path") else None
+
+
+def refuse_untrusted_backbone(class_path: str, source: str, how: str) -> str:
+    """Why a user module a checkpoint names is not imported, and how to say it is meant."""
+    return (
+        f"{source} names its backbone as the module {class_path!r}, which is imported only when you name it too "
+        f"({how}): a checkpoint must not choose code to run"
+    )
+
+
+def rebuild_model(
+    ckpt: dict[str, Any], source: str = "the checkpoint", trusted_backbone: str | None = None
+) -> TransferClassifier:
+    """The checkpoint's model in eval mode: its class, its hyperparameters (``weights`` → None), its state dict.
+
+    A user's own backbone module (``backbone: {class_path: …}``) is imported only when ``trusted_backbone`` names
+    the same class path.
+
+    Raises:
+        CheckpointError: an unknown model class, an untrusted backbone module, or a model that does not rebuild.
+    """
+    own = checkpoint_backbone_class(ckpt)
+    if own is not None and own != trusted_backbone:
+        raise CheckpointError(refuse_untrusted_backbone(own, source, f"--trust_backbone {own}"))
     hparams = dict(ckpt.get("hyper_parameters") or {})
     cls = model_class(hparams.get("_class_path"), source)
     params = inspect.signature(cls.__init__).parameters
@@ -75,6 +101,8 @@ def rebuild_model(ckpt: dict[str, Any], source: str = "the checkpoint") -> Trans
         init["weights"] = None  # the state dict supplies every weight; never download or read a weight file
         if "weights_map" in params:
             init["weights_map"] = None  # it mapped the weight file, which is not read
+    if isinstance(init.get("backbone"), dict):  # a user's own module ({class_path, init_args}): no weights file either
+        init["backbone"] = {k: v for k, v in init["backbone"].items() if k not in ("weights", "weights_map")}
     try:
         model = cls(**init)
         model.load_state_dict(ckpt["state_dict"])

@@ -127,7 +127,12 @@ def resolve_weights(name: str, weights: str) -> torchvision.models.WeightsEnum:
         enum = torchvision.models.get_model_weights(name)
     except (ValueError, KeyError) as err:
         raise ValueError(f"backbone {name!r} has no torchvision weights; use weights: null or a local file") from err
-    valid = ["DEFAULT", *enum.__members__]
+    valid = list(dict.fromkeys(["DEFAULT", *enum.__members__]))
+    if weights == PRETRAINED:
+        raise ValueError(
+            f"weights {PRETRAINED!r} are timm's; the torchvision backbone {name!r} takes DEFAULT or one of {valid} "
+            f"(or use timm's model: backbone {TIMM_PREFIX}{name})"
+        )
     prefix, _, key = weights.rpartition(".")
     if prefix and prefix.split(".")[-1] != enum.__name__:  # ResNet18_Weights.X given for resnet50: not silently
         raise ValueError(f"weights {weights!r} are not {enum.__name__} weights of backbone {name!r}; valid: {valid}")
@@ -230,10 +235,11 @@ def _find_state_dict(obj: Any, path: str, name: str) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         hparams = obj.get("hyper_parameters")
         saved = hparams.get("backbone") if isinstance(hparams, dict) else None
+        key = "model.backbone"
+        if isinstance(saved, dict):  # a user's own module: {class_path, init_args, input_size}
+            saved, key = saved.get("class_path") or saved.get("name"), "model.backbone.class_path"
         if saved is not None and str(saved).removeprefix(TORCHVISION_PREFIX) != name:
-            raise ValueError(
-                f"weights file {path!r} holds a {saved!r} backbone, not {name!r}; set model.backbone: {saved}"
-            )
+            raise ValueError(f"weights file {path!r} holds a {saved!r} backbone, not {name!r}; set {key}: {saved}")
         state = {k[len("backbone.") :]: v for k, v in obj["state_dict"].items() if k.startswith("backbone.")}
         if not state:
             raise ValueError(f"checkpoint {path!r} has no 'backbone.' tensors; is it a lit_transfer checkpoint?")

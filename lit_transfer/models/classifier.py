@@ -11,7 +11,7 @@ scheduler), :mod:`~lit_transfer.models.freezing` (which parameters are frozen wh
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,14 @@ from lit_transfer.core.class_weights import inverse_frequency_weights
 from lit_transfer.core.contract import data_info, trainer_data_info
 from lit_transfer.core.errors import CheckpointMismatchError
 from lit_transfer.core.lightning_private import quiet_eval_mode_warning
-from lit_transfer.models.backbones import build_backbone
+from lit_transfer.core.preprocessing import Preprocessing
+from lit_transfer.models.backbone_spec import (
+    BackboneSpec,
+    as_spec,
+    backbone_hparams,
+    backbone_identity,
+    build_from_spec,
+)
 from lit_transfer.models.freezing import (
     FreezeSpec,
     apply_freeze,
@@ -60,7 +67,15 @@ class TransferClassifier(EpochMetricsModule):
         class_names: class names in label order (linked from the data module, stored in checkpoints).
         backbone: torchvision model name (``resnet50``, ``vgg16``, …, or ``torchvision/resnet50``), a timm model as
             ``timm/<architecture>[.<pretrained tag>]`` (``timm/convnext_tiny.fb_in22k``) or ``hf-hub:<org>/<repo>``,
-            or a registered one (``smallcnn``).
+            or a registered one (``smallcnn``); or a mapping (:class:`~lit_transfer.models.backbone_spec.BackboneSpec`)
+            grouping what belongs to the backbone: ``{name: resnet50, weights: DEFAULT}``, or a user's own
+            ``nn.Module`` as ``{class_path: my_pkg.MyNet, init_args: {width: 16}, weights: path.pth}`` (its
+            ``forward`` returns ``(B, D)``, or it has timm-style ``forward_features``/``num_features``; ``D`` is found
+            by one forward of a ``(1, 3, input_size, input_size)`` zero batch, ``input_size`` default 224). Its
+            parameters keep their own names (``backbone.<name>``) and its children are the stages of ``freeze: N``.
+            Weights given both inside the mapping and as ``weights``/``weights_map`` must agree. Checkpoints store a
+            name as the plain string and a module as ``{class_path, init_args, input_size}``, with the weights in
+            ``weights``/``weights_map``.
         weights: ``null`` (random init), a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``), ``pretrained``
             for a timm backbone (downloaded through timm / the Hugging Face Hub), or a path to a weights file: a
             state dict (``.pth``, ``.pt``, ``.safetensors``), a torchvision checkpoint or a lit_transfer checkpoint
@@ -107,7 +122,7 @@ class TransferClassifier(EpochMetricsModule):
         self,
         num_classes: int,
         class_names: list[str] | None = None,
-        backbone: str = "resnet18",
+        backbone: str | BackboneSpec = "resnet18",
         weights: str | None = None,
         weights_map: WeightsMapSpec = None,
         hidden_dims: list[int] | None = None,
@@ -140,9 +155,13 @@ class TransferClassifier(EpochMetricsModule):
             raise ValueError(f"model.label_smoothing={label_smoothing}: use a value in [0, 1), e.g. 0.1")
         check_learning_rate(optimizer)
         check_schedule_options(lr_scheduler, warmup_epochs, cosine)  # before any weights are built or downloaded
+        spec = as_spec(backbone, weights, weights_map)  # model.backbone (a name or a spec) and the flat flags
+        stored, weights, weights_map = backbone_hparams(spec)
+        backbone = cast(Any, stored)  # Lightning saves the init frame's locals: checkpoints hold plain values only
         self.save_hyperparameters()
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
-        built = build_backbone(backbone, weights, weights_map)
+        built = build_from_spec(spec)
+        self.backbone_name = backbone_identity(spec)  # for logs and reports: resnet50, my_pkg.MyNet
         self.backbone = built.module
         self.head = build_head(built.feature_dim, num_classes, hidden_dims or [], dropout)
         self.register_buffer("mean", torch.tensor(mean or built.mean, dtype=torch.float32).view(1, -1, 1, 1))
@@ -295,7 +314,7 @@ class TransferClassifier(EpochMetricsModule):
 
     def _log_parameter_table(self) -> None:
         table = format_parameter_table(parameter_table(self.backbone, self.head, self.frozen))
-        rank_zero_info(f"{self.hparams['backbone']} parameters:\n{table}")
+        rank_zero_info(f"{self.backbone_name} parameters:\n{table}")
         if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
             self.logger.experiment.add_text("parameters", f"```\n{table}\n```", self.global_step)
 
@@ -352,8 +371,16 @@ class TransferClassifier(EpochMetricsModule):
             "mean": self.mean.flatten().tolist(),
             "std": self.std.flatten().tolist(),
             "image_size": data.image_size if data is not None else None,
+            "preprocessing": self._preprocessing_record(data),
             "manifest_hash": data.manifest_hash if data is not None else None,
         }
+
+    def _preprocessing_record(self, data: Any) -> dict[str, Any] | None:
+        """The data's evaluation preprocessing, with the mean/std this model really normalizes with."""
+        pre = getattr(data, "preprocessing", None)
+        if not isinstance(pre, Preprocessing):
+            return None
+        return pre.to_dict() | {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint whose classes differ from this model's."""

@@ -44,6 +44,7 @@ class _WeightsConfig:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     floor: bool  # timm computes resize = floor(size / crop_pct); lit_transfer and torchvision round
+    crop_mode: str = "center"
 
 
 def resolve_preprocessing(
@@ -86,6 +87,7 @@ def resolve_preprocessing(
         interpolation=cfg.interpolation if cfg else "bilinear",
         mean=tuple(float(m) for m in mean) if mean is not None else cfg.mean if cfg else IMAGENET_MEAN,
         std=tuple(float(s) for s in std) if std is not None else cfg.std if cfg else IMAGENET_STD,
+        crop_mode=cfg.crop_mode if cfg else "center",
     )
 
 
@@ -163,12 +165,13 @@ def _timm_config(backbone: str, weights: str | None) -> _WeightsConfig | None:
     crop_pct = float(cfg.crop_pct or DEFAULT_CROP_PCT)
     return _WeightsConfig(
         input_size=size,
-        resize_size=math.floor(size / crop_pct),  # as timm's eval transform (crop_mode center) does
+        resize_size=math.floor(size / crop_pct),  # as timm's eval transform does (every crop_mode)
         crop_pct=crop_pct,
         interpolation=str(cfg.interpolation or "bilinear"),
         mean=tuple(float(m) for m in cfg.mean),
         std=tuple(float(s) for s in cfg.std),
         floor=True,
+        crop_mode=str(getattr(cfg, "crop_mode", None) or "center"),
     )
 
 
