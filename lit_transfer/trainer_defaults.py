@@ -20,6 +20,7 @@ from lit_transfer.callbacks.checkpoint import AsyncAtomicCheckpointIO
 from lit_transfer.callbacks.data_check import UnreadableDataCheck
 from lit_transfer.callbacks.progress import ThrottledProgressBar
 from lit_transfer.callbacks.reproducibility import EpochSeeder
+from lit_transfer.callbacks.run_summary import RunSummary
 from lit_transfer.callbacks.signals import SigtermHandler
 
 # RunCheckpoint's defaults on the command line (``checkpoint.*``): the best validation accuracy, and last.ckpt
@@ -52,14 +53,14 @@ def default_callbacks(seed: int | bool | None, logger: bool = True, progress_bar
     """The callbacks every lit_transfer Trainer gets, after the configured ones.
 
     Prediction writing, SIGTERM handling and the mid-run unreadable-data check always; per-epoch seeding when
-    ``seed`` is an integer (not ``None``/``False``); the learning-rate monitor when there is a ``logger``; the
-    throttled progress bar when the ``progress_bar`` is on.
+    ``seed`` is an integer (not ``None``/``False``); the learning-rate monitor and the run summary when there is a
+    ``logger``; the throttled progress bar when the ``progress_bar`` is on.
     """
     callbacks: list[Callback] = [PredictionWriter(), SigtermHandler(), UnreadableDataCheck()]
     if seed is not False and seed is not None:
         callbacks.append(EpochSeeder(int(seed)))
     if logger:
-        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+        callbacks += [LearningRateMonitor(logging_interval="epoch"), RunSummary()]
     if progress_bar:
         callbacks.append(ThrottledProgressBar())
     return callbacks

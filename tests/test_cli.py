@@ -108,7 +108,8 @@ def test_predict_writes_named_predictions(image_tree: Path, in_tmp: Path, tmp_pa
     (photos / "notes.txt").write_text("not an image")
     ckpt = run_dir(in_tmp) / "checkpoints" / "last.ckpt"
     main(["predict", *tiny_args(image_tree), "--ckpt_path", str(ckpt), "--data.predict_dir", str(photos)])
-    with open(run_dir(in_tmp, 1) / "predictions.csv") as f:
+    assert not run_dir(in_tmp, 1).exists()  # predictions go with the run they come from, not into a new version
+    with open(run_dir(in_tmp) / "predict_0" / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert [Path(r["path"]).name for r in rows] == ["p0.png", "p1.png", "p2.png"]
     for row in rows:
@@ -127,7 +128,7 @@ def test_test_after_fit_and_merged_configs(image_tree: Path, in_tmp: Path, tmp_p
     args.remove("--experiment")
     args.remove("tiny")
     main(["fit", "--config", str(base), "--config", str(override), *args, "--test_after_fit", "true"])
-    run = in_tmp / "runs" / "override" / "version_0"  # experiment named after the last config file
+    run = in_tmp / "runs" / "base" / "version_0"  # named after the experiment's config: override.yaml is a preset
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["trainer"]["max_epochs"] == 1 and saved["model"]["init_args"]["dropout"] == 0.1
     events = EventAccumulator(str(run))
@@ -185,7 +186,7 @@ def test_best_ckpt_names_the_best_epoch_for_later_commands(image_tree: Path, in_
     assert best.name.startswith("epoch") and best.is_file()
     assert (ckpts / "best.ckpt").read_bytes() == best.read_bytes()  # the same file under a stable name
     main(["validate", *tiny_args(image_tree), "--ckpt_path", "best"])  # in a new process: by the file's name
-    events = EventAccumulator(str(run_dir(in_tmp, 1)))
+    events = EventAccumulator(str(run_dir(in_tmp) / "validate_0"))  # beside the run it evaluates
     events.Reload()
     assert events.Scalars("val_loss")[-1].value == pytest.approx(float(state["best_model_score"]), abs=1e-6)
     main(["fit", *tiny_args(image_tree, *by_loss, epochs=4), "--ckpt_path", "last"])  # last.ckpt, never best.ckpt
@@ -202,3 +203,39 @@ def test_a_moved_run_folder_resumes_into_its_own_last_ckpt(image_tree: Path, in_
     state = next(v for k, v in torch.load(ckpts / "last.ckpt", weights_only=True)["callbacks"].items()
                  if k.startswith("RunCheckpoint"))  # fmt: skip
     assert Path(state["last_model_path"]).parent == Path("moved/tiny/version_0/checkpoints")
+
+
+def test_experiments_are_named_by_their_config_and_evaluations_stay_with_their_run(
+    image_tree: Path, in_tmp: Path, tmp_path: Path
+) -> None:
+    experiment = in_tmp / "digits_probe.yaml"
+    args = tiny_args(image_tree)
+    experiment.write_text(
+        yaml.safe_dump({"model": {"class_path": "TransferClassifier", "init_args": {"backbone": "smallcnn"}}})
+    )
+    preset = in_tmp / "trainer" / "quiet.yaml"
+    preset.parent.mkdir()
+    preset.write_text(yaml.safe_dump({"trainer": {"enable_model_summary": False}}))
+    cut = args.index("--experiment")
+    no_name = args[:cut] + args[cut + 2 :]  # the experiment named by no flag
+    main(["fit", "--config", str(experiment), "--config", str(preset), *no_name])
+    runs = in_tmp / "runs"
+    assert [p.name for p in runs.iterdir()] == ["digits_probe"]  # the experiment's name, not the preset's
+    run = runs / "digits_probe" / "version_0"
+    assert yaml.safe_load((run / "config.yaml").read_text())["experiment"] == "digits_probe"
+
+    main(["fit", "--config", str(run / "config.yaml")])  # a saved config.yaml runs the same experiment again
+    assert sorted(p.name for p in (runs / "digits_probe").iterdir()) == ["version_0", "version_1"]
+
+    ckpt = run / "checkpoints" / "last.ckpt"
+    for command in ("validate", "test", "test"):
+        main([command, "--config", str(experiment), *no_name, "--ckpt_path", str(ckpt)])
+    evaluations = sorted(p.name for p in run.glob("*_[0-9]*") if p.is_dir())
+    assert evaluations == ["test_0", "test_1", "validate_0"]
+    assert list((run / "test_1").glob("events.out.tfevents.*"))  # its metrics, beside the run it tested
+    assert sorted(p.name for p in (runs / "digits_probe").iterdir()) == ["version_0", "version_1"]
+
+    elsewhere = tmp_path / "downloaded.ckpt"
+    elsewhere.write_bytes(ckpt.read_bytes())
+    main(["test", "--config", str(experiment), *no_name, "--ckpt_path", str(elsewhere)])
+    assert list((runs / "digits_probe" / "evaluations" / "test_0").glob("events.out.tfevents.*"))

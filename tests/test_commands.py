@@ -18,6 +18,7 @@ OPTIONS = {
     "clean-cache": ["--config", "--runs_dir", "--dir", "--dry_run", "--dry-run"],
     "export": ["--config", "--ckpt_path", "--format", "--out", "--tolerance", "--opset", "--image_size"],
     "backbones": ["list", "show", "--weights", "--image_size", "--json"],
+    "runs": ["--config", "--runs_dir", "--sort", "--csv"],
 }
 
 

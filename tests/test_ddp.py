@@ -81,8 +81,9 @@ def test_two_processes_report_the_metrics_of_one(uneven_tree: Path, tmp_path: Pa
     ckpt = str(tmp_path / "runs/ddp/version_0/checkpoints/last.ckpt")
     run(["validate", *base_args(uneven_tree, experiment="one"), "--ckpt_path", ckpt], tmp_path)
     run(["validate", *base_args(uneven_tree, *DDP2, experiment="two"), "--ckpt_path", ckpt], tmp_path)
-    one = scalars(tmp_path / "runs/one/version_0")
-    two = scalars(tmp_path / "runs/two/version_0")
+    # a checkpoint of another experiment is evaluated into <experiment>/evaluations/, by both ranks into one folder
+    one = scalars(tmp_path / "runs/one/evaluations/validate_0")
+    two = scalars(tmp_path / "runs/two/evaluations/validate_0")
     for key in ("val_acc", "val_loss", "val_f1"):
         assert two[key] == pytest.approx(one[key], abs=1e-6), key
 
@@ -98,7 +99,7 @@ def test_two_processes_predict_every_file_once(uneven_tree: Path, tmp_path: Path
         assert len(list(csv.DictReader(f))) == 21
     run(["predict", *base_args(uneven_tree, *DDP2), "--ckpt_path", str(run_dir / "checkpoints/last.ckpt"),
          "--data.predict_dir", str(uneven_tree / "green")], tmp_path)  # fmt: skip
-    with open(tmp_path / "runs/ddp/version_1/predictions.csv") as f:
+    with open(run_dir / "predict_0/predictions.csv") as f:  # beside the run it predicts with, from both ranks
         rows = list(csv.DictReader(f))
     assert sorted(Path(r["path"]).name for r in rows) == sorted(p.name for p in (uneven_tree / "green").iterdir())
 
@@ -202,7 +203,7 @@ def test_feature_cache_under_ddp_matches_uncached(uneven_tree: Path, tmp_path: P
     ckpt = str(tmp_path / "runs/cached/version_0/checkpoints/last.ckpt")
     run(["predict", *base_args(uneven_tree, *extra, experiment="cached"), "--ckpt_path", ckpt,
          "--data.predict_dir", str(uneven_tree / "green")], tmp_path)  # fmt: skip
-    with open(tmp_path / "runs/cached/version_1/predictions.csv") as f:
+    with open(tmp_path / "runs/cached/version_0/predict_0/predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted(Path(r["path"]).name for r in rows) == sorted(p.name for p in (uneven_tree / "green").iterdir())
     assert sorted(p.name.split("-")[0] for p in cache.iterdir()) == ["predict", "train", "val"]

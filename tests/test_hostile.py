@@ -194,4 +194,4 @@ def test_without_a_run_folder_nothing_is_written_to_the_working_directory(
         assert (in_tmp / "predictions.csv").read_text() == "the user's own file\n"
         assert not list(in_tmp.glob("split_manifest.csv")) and not list(in_tmp.glob("bad_images.csv"))
     main(predict)  # with its run folder: written there
-    assert (in_tmp / "runs" / "nofolder" / "version_1" / "predictions.csv").is_file()
+    assert (in_tmp / "runs" / "nofolder" / "version_0" / "predict_0" / "predictions.csv").is_file()

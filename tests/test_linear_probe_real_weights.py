@@ -86,7 +86,7 @@ def test_real_weights_beat_random_weights(digits: Path, tmp_path: Path, in_tmp: 
     assert best.exists()
     predict = [*probe_args(digits, runs, "real", LITE0), "--data.init_args.predict_dir", str(digits)]
     main(["predict", *predict, "--ckpt_path", str(best)])
-    with open(runs / "real" / "version_1" / "predictions.csv", newline="") as f:
+    with open(runs / "real" / "version_0" / "predict_0" / "predictions.csv", newline="") as f:
         predicted = {str(Path(row["path"]).relative_to(digits)): row["prediction"] for row in csv.DictReader(f)}
     assert len(predicted) == 10 * PER_CLASS
     tested = sorted(real.test_images)

@@ -47,9 +47,15 @@ def test_build_trainer_is_the_trainer_the_cli_builds(image_tree: Path, in_tmp: P
 
 def test_default_callbacks_follow_seed_logger_and_progress_bar() -> None:
     always = ["PredictionWriter", "SigtermHandler", "UnreadableDataCheck"]
-    assert names(default_callbacks(42)) == [*always, "EpochSeeder", "LearningRateMonitor", "ThrottledProgressBar"]
+    assert names(default_callbacks(42)) == [
+        *always,
+        "EpochSeeder",
+        "LearningRateMonitor",
+        "RunSummary",
+        "ThrottledProgressBar",
+    ]
     assert names(default_callbacks(None, logger=False, progress_bar=False)) == always
-    assert names(default_callbacks(False)) == [*always, "LearningRateMonitor", "ThrottledProgressBar"]
+    assert names(default_callbacks(False)) == [*always, "LearningRateMonitor", "RunSummary", "ThrottledProgressBar"]
     io = AsyncAtomicCheckpointIO()
     assert with_checkpoint_io([io]) is None
     assert names(with_checkpoint_io(None)) == ["AsyncAtomicCheckpointIO"]

@@ -1,4 +1,6 @@
-"""TensorBoard reports: augmented batch grid, confusion matrix, per-class metrics and the most confident mistakes.
+"""TensorBoard reports: batch grid, confusion matrix, per-class metrics, PR curves and the most confident mistakes.
+
+The custom-scalars layout (train and val on one chart) is in :mod:`~lit_transfer.callbacks.layout`.
 
 The drawings themselves are in :mod:`~lit_transfer.callbacks.report_drawing`; the names other code imports from here
 stay importable from here.
@@ -13,19 +15,75 @@ from typing import Any, cast
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.utils import make_grid
 
+from lit_transfer.callbacks.layout import logged_metric_names, scalar_charts, write_layout
 from lit_transfer.callbacks.report_drawing import class_metrics as class_metrics  # re-exported
-from lit_transfer.callbacks.report_drawing import format_class_table, mistakes_grid, mistakes_table, to_uint8
+from lit_transfer.callbacks.report_drawing import (
+    format_class_table,
+    format_top_confusions,
+    mistakes_grid,
+    mistakes_table,
+    to_uint8,
+)
 from lit_transfer.callbacks.report_drawing import render_confusion_matrix as render_confusion_matrix  # re-exported
 from lit_transfer.core.batches import FeatureBatch
 from lit_transfer.core.contract import data_info
 
 TAG = "reports"
+PR_THRESHOLDS = 33  # points of each PR curve (TensorBoard's default is 127)
+TOP_CONFUSIONS = 20  # lines of reports/top_confusions
+
+
+class BinnedPRCounts(Metric):
+    """One-vs-rest positives and negatives of each class per probability bucket, summed across processes.
+
+    ``counts[0, c, b]`` counts the samples of class ``c`` whose probability of ``c`` falls in bucket ``b`` (of
+    ``floor(p * (num_thresholds - 1))``, as TensorBoard's ``add_pr_curve`` buckets them), ``counts[1, c, b]`` the
+    other samples: the PR curve of every class at every threshold ``b / (num_thresholds - 1)`` follows, without
+    keeping the probabilities.
+    """
+
+    full_state_update = False
+    counts: torch.Tensor
+
+    def __init__(self, num_classes: int, num_thresholds: int = PR_THRESHOLDS) -> None:
+        super().__init__()
+        self.num_classes, self.num_thresholds = num_classes, num_thresholds
+        self.add_state("counts", torch.zeros(2, num_classes, num_thresholds, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
+        """Count a batch: ``probs`` ``(B, C)`` (its first ``num_classes`` columns), ``target`` ``(B,)``."""
+        n, t = self.num_classes, self.num_thresholds
+        bucket = probs[:, :n].float().mul(t - 1).floor().long().clamp_(0, t - 1)
+        classes = torch.arange(n, device=probs.device)
+        negative = (target[:, None] != classes).long()
+        index = (negative * (n * t) + classes * t + bucket).flatten()
+        # scatter_add_, not bincount: bincount makes the host wait for the device to size its output
+        self.counts.view(-1).scatter_add_(0, index, torch.ones_like(index))
+
+    def compute(self) -> torch.Tensor:
+        """The counts ``(2, num_classes, num_thresholds)``."""
+        return self.counts
+
+
+def pr_curve_data(positives: np.ndarray, negatives: np.ndarray) -> dict[str, np.ndarray]:
+    """True/false positive/negative counts, precision and recall at each threshold, as ``add_pr_curve`` computes them.
+
+    ``positives`` and ``negatives`` are one class's bucket counts (:class:`BinnedPRCounts`); threshold ``i`` predicts
+    the class for probabilities of ``i / (len - 1)`` or more.
+    """
+    tp = np.cumsum(positives[::-1].astype(np.float64))[::-1]
+    fp = np.cumsum(negatives[::-1].astype(np.float64))[::-1]
+    tn, fn = fp[0] - fp, tp[0] - tp
+    precision = tp / np.maximum(1e-7, tp + fp)
+    recall = tp / np.maximum(1e-7, tp + fn)
+    return {"tp": tp, "fp": fp, "tn": tn, "fn": fn, "precision": precision, "recall": recall}
 
 
 class TensorBoardReports(Callback):
@@ -33,15 +91,19 @@ class TensorBoardReports(Callback):
 
     - at the first training batch of a fit: a grid of the augmented batch as the model sees it (``reports/train_batch``,
       labels in ``reports/train_batch_labels``), and the model graph with ``log_graph``;
-    - at the end of every ``every_n_epochs``-th validation: the confusion matrix (``reports/confusion_matrix``), a
-      per-class precision/recall/F1 table (``reports/per_class``) and the ``max_mistakes`` most confidently wrong
-      validation images with their true and predicted classes (``reports/top_mistakes``, as a table in
-      ``reports/top_mistakes_table``).
+    - at fit start, once per run folder: a custom-scalars layout named after the experiment (CUSTOM SCALARS tab: loss,
+      accuracy with top-5, F1, … with train and val on one chart, and the learning rate of every parameter group);
+    - at the end of every ``every_n_epochs``-th validation: the confusion matrix (``reports/confusion_matrix``), the
+      most frequent confusions (``reports/top_confusions``), a per-class precision/recall/F1 table
+      (``reports/per_class``), one-vs-rest PR curves of the first ``pr_curves_max_classes`` classes
+      (``reports/pr_curve/<class>``, PR CURVES tab) and the ``max_mistakes`` most confidently wrong validation images
+      with their true and predicted classes (``reports/top_mistakes``, as a table in ``reports/top_mistakes_table``).
 
-    The confusion matrix is a torchmetrics metric (synchronized across ranks); the mistakes are kept on the CPU as
-    the validation runs (never more than ``2 * max_mistakes`` images) and gathered from every rank at the end. Only
-    rank zero writes. The logits come from the validation step's output ``{"logits": ...}`` when the model returns
-    one, else from a second forward pass. Without a TensorBoard logger the callback does nothing.
+    The confusion matrix and the PR curves' bucket counts are torchmetrics metrics (synchronized across ranks); the
+    mistakes are kept on the CPU as the validation runs (never more than ``2 * max_mistakes`` images) and gathered
+    from every rank at the end. Only rank zero writes. The logits come from the validation step's output
+    ``{"logits": ...}`` when the model returns one, else from a second forward pass. Without a TensorBoard logger the
+    callback does nothing.
 
     Args:
         every_n_epochs: report every this many validation epochs.
@@ -49,6 +111,8 @@ class TensorBoardReports(Callback):
         max_mistakes: most confident mistakes shown.
         log_graph: also log the model graph (traced once on the first training images, in eval mode).
         tile_size: width in pixels of each image in the mistakes grid.
+        pr_curves_max_classes: PR curves for at most this many classes (the first ones); 0: none.
+        layout: write the custom-scalars layout.
     """
 
     def __init__(
@@ -58,18 +122,27 @@ class TensorBoardReports(Callback):
         max_mistakes: int = 16,
         log_graph: bool = False,
         tile_size: int = 112,
+        pr_curves_max_classes: int = 30,
+        layout: bool = True,
     ) -> None:
-        if every_n_epochs < 1 or max_images < 1 or max_mistakes < 1 or tile_size < 16:
-            raise ValueError("every_n_epochs, max_images and max_mistakes must be positive and tile_size at least 16")
+        if every_n_epochs < 1 or max_images < 1 or max_mistakes < 1 or tile_size < 16 or pr_curves_max_classes < 0:
+            raise ValueError(
+                "every_n_epochs, max_images and max_mistakes must be positive, tile_size at least 16 and "
+                "pr_curves_max_classes at least 0"
+            )
         self.every_n_epochs = every_n_epochs
         self.max_images = max_images
         self.max_mistakes = max_mistakes
         self.log_graph = log_graph
         self.tile_size = tile_size
+        self.pr_curves_max_classes = pr_curves_max_classes
+        self.layout = layout
         self._batch_logged = False
         self._collecting = False
         self._confmat: MulticlassConfusionMatrix | None = None
         self._confmat_kept: MulticlassConfusionMatrix | None = None
+        self._pr: BinnedPRCounts | None = None
+        self._pr_kept: BinnedPRCounts | None = None
         self._mistakes: list[tuple[float, torch.Tensor, int, int]] = []
         self._image_shape: tuple[int, ...] | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -87,8 +160,18 @@ class TensorBoardReports(Callback):
     # --- the augmented batch and the graph ------------------------------------------------------------------------
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Log the first training batch of this fit."""
+        """Log the first training batch of this fit; write the custom-scalars layout unless the run folder has it."""
         self._batch_logged = False
+        logger = self._logger(trainer)
+        if not self.layout or logger is None or not trainer.is_global_zero:
+            return
+        monitors_lr = any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks)  # type: ignore[attr-defined]
+        charts = scalar_charts(logged_metric_names(pl_module), learning_rates=monitors_lr)
+        if charts:
+            try:
+                write_layout(logger.experiment, logger.log_dir, {str(logger.name): charts})
+            except Exception as err:  # a report must never stop training
+                rank_zero_warn(f"TensorBoardReports: could not write the custom-scalars layout: {err}")
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -136,7 +219,7 @@ class TensorBoardReports(Callback):
             and not trainer.sanity_checking
             and (trainer.current_epoch + 1) % self.every_n_epochs == 0
         )
-        self._confmat, self._mistakes = None, []
+        self._confmat, self._pr, self._mistakes = None, None, []
         num_classes = len(getattr(pl_module, "class_names", None) or [])
         if self._collecting and num_classes:
             # made here, not at the first batch, so that a rank without batches still joins the synchronization;
@@ -147,6 +230,19 @@ class TensorBoardReports(Callback):
                 self._confmat_kept = kept
             kept.reset()
             self._confmat = kept
+            self._pr = self._pr_counts(num_classes, pl_module.device)
+
+    def _pr_counts(self, num_classes: int, device: torch.device) -> BinnedPRCounts | None:
+        """The reset PR bucket counts for ``num_classes`` (made once, reset afterwards), or ``None`` without curves."""
+        n = min(num_classes, self.pr_curves_max_classes)
+        if n == 0:
+            return None
+        pr = self._pr_kept
+        if pr is None or pr.num_classes != n or pr.device != device:
+            pr = BinnedPRCounts(n).to(device)
+            self._pr_kept = pr
+        pr.reset()
+        return pr
 
     def on_validation_batch_end(
         self,
@@ -167,8 +263,12 @@ class TensorBoardReports(Callback):
                 logits = pl_module(x)
         if self._confmat is None:  # a module without class names: the class count is the logits' width
             self._confmat = MulticlassConfusionMatrix(logits.shape[1]).to(logits.device)
-        confidence, predicted = logits.detach().float().softmax(dim=1).max(dim=1)
+            self._pr = self._pr_counts(logits.shape[1], logits.device)
+        probs = logits.detach().float().softmax(dim=1)
+        confidence, predicted = probs.max(dim=1)
         self._confmat.update(predicted, y)
+        if self._pr is not None:
+            self._pr.update(probs, y)
         wrong = (predicted != y).nonzero().flatten()
         if len(wrong) == 0:
             return
@@ -220,9 +320,10 @@ class TensorBoardReports(Callback):
             return
         self._collecting = False
         matrix = self._confmat.compute().cpu()  # every rank: compute() synchronizes across processes
+        pr_counts = self._pr.compute().cpu() if self._pr is not None else None  # likewise
         self._read_cached_images(trainer)
         mistakes = self._gather_mistakes(trainer, pl_module)
-        self._confmat, self._mistakes = None, []
+        self._confmat, self._pr, self._mistakes = None, None, []
         logger = self._logger(trainer)
         if logger is None or not trainer.is_global_zero:
             return
@@ -232,15 +333,28 @@ class TensorBoardReports(Callback):
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lit_transfer-reports")
         self._pending.append(
-            self._executor.submit(self._write_reports, logger.experiment, trainer.global_step, matrix, names, mistakes)
+            self._executor.submit(
+                self._write_reports, logger.experiment, trainer.global_step, matrix, names, mistakes, pr_counts
+            )
         )
         self._pending = [f for f in self._pending if not f.done()]
 
-    def _write_reports(self, writer: Any, step: int, matrix: torch.Tensor, names: list[str], mistakes: list) -> None:
+    def _write_reports(
+        self,
+        writer: Any,
+        step: int,
+        matrix: torch.Tensor,
+        names: list[str],
+        mistakes: list,
+        pr_counts: torch.Tensor | None = None,
+    ) -> None:
         try:
             cm = render_confusion_matrix(matrix, names)
             writer.add_image(f"{TAG}/confusion_matrix", np.asarray(cm), step, dataformats="HWC")
+            writer.add_text(f"{TAG}/top_confusions", format_top_confusions(matrix, names, TOP_CONFUSIONS), step)
             writer.add_text(f"{TAG}/per_class", format_class_table(matrix, names), step)
+            if pr_counts is not None:
+                self._write_pr_curves(writer, step, pr_counts.numpy(), names)
             if not mistakes:
                 writer.add_text(f"{TAG}/top_mistakes_table", "no misclassified validation images", step)
                 return
@@ -249,6 +363,23 @@ class TensorBoardReports(Callback):
             writer.add_text(f"{TAG}/top_mistakes_table", mistakes_table(mistakes, names), step)
         except Exception as err:  # a report must never stop training
             rank_zero_warn(f"TensorBoardReports: could not write the step {step} reports: {err}")
+
+    @staticmethod
+    def _write_pr_curves(writer: Any, step: int, counts: np.ndarray, names: list[str]) -> None:
+        """One PR curve per counted class (``reports/pr_curve/<class>``), from the summed bucket counts."""
+        for c in range(counts.shape[1]):
+            d = pr_curve_data(counts[0, c], counts[1, c])
+            writer.add_pr_curve_raw(
+                f"{TAG}/pr_curve/{names[c]}",
+                d["tp"],
+                d["fp"],
+                d["tn"],
+                d["fn"],
+                d["precision"],
+                d["recall"],
+                step,
+                num_thresholds=counts.shape[2],
+            )
 
     def wait(self) -> None:
         """Block until the reports queued so far are written."""

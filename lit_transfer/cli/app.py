@@ -10,11 +10,13 @@ from jsonargparse import ArgumentError, ArgumentParser, Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, LRSchedulerTypeTuple
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.optim import Optimizer
 
 from lit_transfer.callbacks import FeatureCache, RunCheckpoint, TensorBoardReports
+from lit_transfer.callbacks.projector import EmbeddingProjector
 from lit_transfer.cli.checkpoints import (
     CKPT_PATH_HINT,
     check_checkpoint_backbone,
@@ -26,7 +28,13 @@ from lit_transfer.cli.checkpoints import (
     refuse_finished,
     resumed_version,
 )
-from lit_transfer.cli.checks import check_experiment_name, check_monitor, check_shards, check_split_not_empty
+from lit_transfer.cli.checks import (
+    check_experiment_name,
+    check_monitor,
+    check_shards,
+    check_split_not_empty,
+    experiment_from_files,
+)
 from lit_transfer.cli.parsing import command_options, config_file_problem, with_default_optimizer
 from lit_transfer.cli.preprocessing import link_preprocessing
 from lit_transfer.commands import COMMANDS
@@ -35,7 +43,7 @@ from lit_transfer.core.checkpoints import checkpoint_error, load_checkpoint
 from lit_transfer.core.errors import ConfigError
 from lit_transfer.core.launch import launch_rank
 from lit_transfer.core.lightning_private import cli_get, subcommands_action
-from lit_transfer.core.run_folder import VERSION_ENV, reserve_version
+from lit_transfer.core.run_folder import EVALUATION_ENV, EVALUATIONS, VERSION_ENV, reserve_version
 from lit_transfer.data import BaseImageDataModule
 from lit_transfer.data.checkpoint_classes import classes_from_checkpoint
 from lit_transfer.data.images import BadImageError
@@ -93,6 +101,7 @@ class LitTransferCLI(LightningCLI):
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.add_lightning_class_args(FeatureCache, "cache_features")
         parser.add_lightning_class_args(TensorBoardReports, "reports")  # does nothing without a TensorBoard logger
+        parser.add_lightning_class_args(EmbeddingProjector, "projector")  # likewise
         parser.set_defaults({f"checkpoint.{key}": value for key, value in CHECKPOINT_DEFAULTS.items()})
         parser.set_defaults({f"trainer.{key}": value for key, value in TRAINER_DEFAULTS.items()})
         parser.add_optimizer_args((Optimizer,), link_to="model.init_args.optimizer")
@@ -138,11 +147,11 @@ class LitTransferCLI(LightningCLI):
     # --- the experiment and its run folder ------------------------------------------------------------------------
 
     def _experiment_name(self) -> str:
+        """``experiment``, else the name of the last config file that defines a model or data (not a preset)."""
         config = self.config.get(str(self.config.get("subcommand")), self.config)
         if config.get("experiment"):
             return str(config["experiment"])
-        files = config.get("config") or []
-        return Path(str(files[-1])).stem if files else "default"
+        return experiment_from_files([str(f) for f in config.get("config") or []])
 
     def _runs(self) -> Path:
         """The experiment's folder of runs: ``<runs_dir>/<experiment>``."""
@@ -165,6 +174,28 @@ class LitTransferCLI(LightningCLI):
         version = reserve_version(Path(runs_dir) / self._experiment_name())
         os.environ[VERSION_ENV] = str(version)
         return version
+
+    def _evaluation_logger(self, runs_dir: str, fast_dev_run: bool) -> TensorBoardLogger:
+        """validate/test/predict log beside the run they evaluate: ``version_N/<command>_K/``.
+
+        A checkpoint from elsewhere is evaluated into ``<runs_dir>/<experiment>/evaluations/<command>_K/``, so
+        evaluations never add ``version_N`` folders that look like training runs.
+        """
+        ckpt = self._ckpt_path(self.config_init)
+        run = None
+        if ckpt and ckpt not in ("hpc", "registry") and "://" not in str(ckpt):
+            resumed = resumed_version(str(ckpt), self._runs())
+            run = self._runs() / f"version_{resumed}" if resumed is not None else None
+        base = run if run is not None else self._runs() / EVALUATIONS
+        prefix = f"{self.subcommand}_"
+        if fast_dev_run or "://" in runs_dir:
+            name = None  # fast_dev_run: Lightning swaps the logger for a dummy; nothing would fill the folder
+        elif launch_rank() != 0:
+            name = os.environ.get(EVALUATION_ENV) or None
+        else:
+            name = f"{prefix}{reserve_version(base, prefix)}"
+            os.environ[EVALUATION_ENV] = name
+        return TensorBoardLogger(save_dir=str(base.parent), name=base.name, version=name, default_hp_metric=False)
 
     # --- the checkpoint -------------------------------------------------------------------------------------------
 
@@ -233,6 +264,7 @@ class LitTransferCLI(LightningCLI):
         """Link the backbone's preprocessing (resize, crop, interpolation) into the data module's config."""
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
+        config["experiment"] = self._experiment_name()  # the saved config.yaml keeps the run's experiment
         for warning in link_preprocessing(config):
             rank_zero_warn(warning)
 
@@ -253,9 +285,11 @@ class LitTransferCLI(LightningCLI):
         config = cli_get(self, self.config_init, "trainer", default={})
         version = self._resolve_ckpt_path()
         runs_dir = cli_get(self, self.config, "runs_dir", "runs")
-        if config.get("logger") is None:
+        if config.get("logger") is None and self.subcommand in (None, "fit"):
             version = self._run_version(version)
             kwargs.setdefault("logger", run_logger(runs_dir, self._experiment_name(), version))
+        elif config.get("logger") is None:
+            kwargs.setdefault("logger", self._evaluation_logger(str(runs_dir), bool(config.get("fast_dev_run"))))
         plugins = with_checkpoint_io(config.get("plugins"))
         if plugins is not None:
             kwargs.setdefault("plugins", plugins)

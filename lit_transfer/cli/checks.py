@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any, cast
 
 import torch
+import yaml
 from torchmetrics import MetricCollection
 
 from lit_transfer.core.errors import ConfigError
@@ -75,3 +77,19 @@ def check_shards(datamodule: Any, split: str, world: int) -> None:
             f"the {split} split has {size} image(s) for {world} processes: each process needs at least one. "
             "Use fewer devices for this data, or more images in the split"
         )
+
+
+def experiment_from_files(files: list[str]) -> str:
+    """The experiment a run of these config files belongs to: the last one that defines a model or data.
+
+    Presets (``configs/trainer/cpu_debug.yaml``: only trainer keys) do not name experiments; without any config
+    defining a model or data the last file names it, and without files the experiment is ``default``.
+    """
+    for name in reversed(files):
+        try:
+            content = yaml.safe_load(Path(name).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            continue
+        if isinstance(content, dict) and ("model" in content or "data" in content):
+            return Path(name).stem
+    return Path(files[-1]).stem if files else "default"

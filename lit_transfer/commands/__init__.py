@@ -81,6 +81,10 @@ COMMANDS: dict[str, Command] = {
         "List backbone names, or show one's feature size, parameters, preprocessing and freeze stages.",
         parses_argv=True,
     ),
+    "runs": Command(
+        "lit_transfer.commands.runs:runs",
+        "List the runs of a runs folder: backbone, best val_acc, test_acc, epochs, wall time and status.",
+    ),
 }
 
 # Top-level keys of a full fit config that a data-only command accepts and ignores.

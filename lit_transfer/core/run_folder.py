@@ -10,12 +10,14 @@ from typing import Any
 # Set by the first process for the processes Lightning's DDP launcher starts (they inherit the environment), so
 # every rank of one run names the same folder.
 VERSION_ENV = "LIT_TRANSFER_RUN_VERSION"
+EVALUATION_ENV = "LIT_TRANSFER_EVALUATION_FOLDER"  # the same for validate/test/predict: their folder's path
+EVALUATIONS = "evaluations"  # <runs_dir>/<experiment>/evaluations/: evaluations of checkpoints from elsewhere
 
 _reserved: list[Path] = []
 
 
-def reserve_version(experiment_dir: str | os.PathLike[str]) -> int:
-    """Create the next free ``version_N`` folder under ``experiment_dir`` and return ``N``.
+def reserve_version(experiment_dir: str | os.PathLike[str], prefix: str = "version_") -> int:
+    """Create the next free ``<prefix>N`` folder (``version_N``) under ``experiment_dir`` and return ``N``.
 
     ``mkdir`` either creates the folder or fails because it exists, so two fits started at the same moment (a sweep
     launched with ``&``) get different folders where a list-then-create would give both the same.
@@ -24,15 +26,16 @@ def reserve_version(experiment_dir: str | os.PathLike[str]) -> int:
     missing = [p for p in (root, *root.parents) if not p.exists()]
     root.mkdir(parents=True, exist_ok=True)
     _reserved.extend(reversed(missing))  # released innermost first, after the version folder
-    taken = [int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()]
+    cut = len(prefix)
+    taken = [int(p.name[cut:]) for p in root.glob(f"{prefix}*") if p.name[cut:].isdigit()]
     version = max(taken, default=-1) + 1
     while True:
         try:
-            (root / f"version_{version}").mkdir()
+            (root / f"{prefix}{version}").mkdir()
         except FileExistsError:
             version += 1
             continue
-        _reserved.append(root / f"version_{version}")
+        _reserved.append(root / f"{prefix}{version}")
         return version
 
 

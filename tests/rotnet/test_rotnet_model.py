@@ -88,7 +88,7 @@ def test_fit_logs_angle_metrics_and_predict_writes_angles(unlabeled: Path, in_tm
     photos = unlabeled / "sub"
     main(["predict", *rotnet_args(unlabeled), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
           "--data.predict_dir", str(photos)])  # fmt: skip
-    with open(in_tmp / "runs" / "rot" / "version_1" / "predictions.csv") as f:
+    with open(run / "predict_0" / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["path", "angle", "confidence", *(f"p_{45 * k}" for k in range(8))]
     assert [Path(r["path"]).name for r in rows] == [f"img_{i:03d}.png" for i in (1, 3, 5, 7, 9)]

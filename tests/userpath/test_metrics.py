@@ -31,7 +31,7 @@ def test_logged_metrics_after_resume_match_sklearn(tree_factory, tmp_path: Path)
         shutil.copy(root / row["path"], val_dir / row["class"] / Path(row["path"]).name)
     lit("predict", *user_args(root, experiment="m"), "--ckpt_path", str(run / "checkpoints/last.ckpt"),
         "--data.predict_dir", str(val_dir), cwd=tmp_path)  # fmt: skip
-    with open(tmp_path / "runs/m/version_1/predictions.csv") as f:
+    with open(run / "predict_0/predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(val)
     truth = [Path(r["path"]).parent.name for r in rows]
@@ -43,6 +43,6 @@ def test_logged_metrics_after_resume_match_sklearn(tree_factory, tmp_path: Path)
     assert logged["val_acc_top5"] == pytest.approx(sum(in_top5) / len(rows), abs=1e-6)
     # validate on the same checkpoint in a new process logs the same figures
     lit("validate", *user_args(root, experiment="m"), "--ckpt_path", "last", cwd=tmp_path)
-    again = {tag: values[-1][1] for tag, values in scalars(tmp_path / "runs/m/version_2").items()}
+    again = {tag: values[-1][1] for tag, values in scalars(run / "validate_0").items()}
     for key in ("val_acc", "val_f1", "val_acc_top5", "val_loss"):
         assert again[key] == pytest.approx(logged[key], abs=1e-6), key

@@ -27,7 +27,8 @@ def test_predict_needs_a_checkpoint_but_not_the_training_folder(tree_factory, tm
     shutil.rmtree(root)  # the training folder is gone: the checkpoint knows the classes
     lit("predict", *user_args(root, backbone="smallcnn"), "--data.predict_dir", str(photos), "--ckpt_path", "last",
         cwd=tmp_path)  # fmt: skip
-    with open(tmp_path / "runs/user/version_1/predictions.csv") as f:
+    assert not (tmp_path / "runs/user/version_1").exists()  # an evaluation is not a training run
+    with open(tmp_path / "runs/user/version_0/predict_0/predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted(Path(r["path"]).name for r in rows) == sorted(p.name for p in photos.iterdir())
     assert {r["top1"] for r in rows} <= {"red", "green", "blue"}
