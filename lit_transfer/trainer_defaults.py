@@ -15,7 +15,7 @@ from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lit_transfer.callbacks import PredictionWriter, RunCheckpoint, TensorBoardReports
+from lit_transfer.callbacks import EmbeddingProjector, PredictionWriter, RunCheckpoint, TensorBoardReports
 from lit_transfer.callbacks.checkpoint import AsyncAtomicCheckpointIO
 from lit_transfer.callbacks.data_check import UnreadableDataCheck
 from lit_transfer.callbacks.progress import ThrottledProgressBar
@@ -75,13 +75,15 @@ def build_trainer(
     callbacks: Sequence[Callback] = (),
     checkpoint: dict[str, Any] | None = None,
     reports: bool = True,
+    projector: bool = True,
     callbacks_after: Sequence[Callback] = (),
     **trainer_kwargs: Any,
 ) -> pl.Trainer:
     """A Trainer as ``python -m lit_transfer fit`` builds it, for code that trains without the command line.
 
     ``callbacks`` come first (as ``trainer.callbacks`` of a config), then ``RunCheckpoint`` (:data:`CHECKPOINT_DEFAULTS`
-    updated with ``checkpoint``), ``TensorBoardReports`` (unless ``reports`` is false), the
+    updated with ``checkpoint``), ``TensorBoardReports`` (unless ``reports`` is false), ``EmbeddingProjector``
+    (unless ``projector`` is false), the
     :func:`default_callbacks`, and ``callbacks_after`` (Lightning still moves the checkpoint callback to the very
     end). The logger is :func:`run_logger` unless ``trainer_kwargs`` give one; the plugins gain
     :func:`with_checkpoint_io`; ``trainer_kwargs`` override :data:`TRAINER_DEFAULTS` and every other argument.
@@ -95,6 +97,8 @@ def build_trainer(
     chosen: list[Callback] = [*callbacks, RunCheckpoint(**{**CHECKPOINT_DEFAULTS, **(checkpoint or {})})]
     if reports:
         chosen.append(TensorBoardReports())
+    if projector:
+        chosen.append(EmbeddingProjector())
     chosen += default_callbacks(
         seed, logger=kwargs["logger"] is not False, progress_bar=kwargs.get("enable_progress_bar") is not False
     )

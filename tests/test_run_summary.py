@@ -157,7 +157,8 @@ def test_a_separate_test_records_what_it_has(image_tree: Path, in_tmp: Path) -> 
     main(["fit", *tiny_args(image_tree, epochs=1)])
     ckpt = run_dir(in_tmp) / "checkpoints" / "best.ckpt"
     main(["test", *tiny_args(image_tree), "--ckpt_path", str(ckpt)])
-    written = summary(run_dir(in_tmp, 1))
+    assert not run_dir(in_tmp, 1).exists()  # a test is not a training run: it writes beside the run it tests
+    written = summary(run_dir(in_tmp) / "test_0")
     assert written["command"] == "test" and written["tested_checkpoint"] == str(ckpt.resolve())
     assert 0.0 <= written["test_acc"] <= 1.0
     assert summary(run_dir(in_tmp))["test_acc"] is None  # the fit's own summary is another process's
