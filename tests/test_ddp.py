@@ -12,9 +12,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.util import tensor_util
+from test_tensorboard_dashboard import _events, _text
 
 from lit_transfer.data.splits import stratified_split
 
@@ -86,6 +89,17 @@ def test_two_processes_report_the_metrics_of_one(uneven_tree: Path, tmp_path: Pa
     two = scalars(tmp_path / "runs/two/evaluations/validate_0")
     for key in ("val_acc", "val_loss", "val_f1"):
         assert two[key] == pytest.approx(one[key], abs=1e-6), key
+    # the reports too: PR curves and tables of every rank's validation images, counted once
+    reports = [_events(tmp_path / f"runs/{e}/evaluations/validate_0") for e in ("one", "two")]
+    curves = [t for t in reports[0].Tags()["tensors"] if t.startswith("reports/pr_curve/")]
+    assert len(curves) == 3
+    for tag in curves:
+        a, b = (tensor_util.make_ndarray(ev.Tensors(tag)[-1].tensor_proto) for ev in reports)
+        np.testing.assert_array_equal(a, b)
+        assert a[0, 0] + a[1, 0] + a[2, 0] + a[3, 0] == 5  # tp + fp + tn + fn: all 5 validation images
+    for tag in ("reports/per_class", "reports/top_confusions"):
+        steps = [ev.Tensors(f"{tag}/text_summary")[-1].step for ev in reports]
+        assert _text(reports[0], tag, steps[0]) == _text(reports[1], tag, steps[1])
 
 
 def test_two_processes_predict_every_file_once(uneven_tree: Path, tmp_path: Path) -> None:

@@ -5,9 +5,6 @@ from __future__ import annotations
 import csv
 import inspect
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -183,29 +180,6 @@ def test_cached_features_are_projected_without_running_the_backbone(
     rows = sorted(map(tuple, embedding["features"].tolist()))
     assert rows == sorted(map(tuple, cached.tolist()))  # exactly the stored arrays
     np.testing.assert_allclose(embedding["features"], uncached["features"], rtol=1e-4, atol=1e-5)
-
-
-def test_ddp_writes_one_projector_with_the_points_of_both_ranks(tree_factory, tmp_path: Path) -> None:
-    # 21 images whose per-file hash split (val 0.3, seed 42) puts 5 in val: the ranks hold 3 and 2 of them
-    root = tree_factory("data", per_class={"red": 4, "green": 9, "blue": 8})
-    args = [
-        *tiny_args(root, "--trainer.devices", "2", "--trainer.strategy", "ddp", "--data.val_fraction", "0.3"),
-        "--data.batch_size", "2", "--data.test_fraction", "0.0", "--trainer.enable_model_summary", "false",
-    ]  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, "-m", "lit_transfer", "fit", *args], cwd=tmp_path, capture_output=True, text=True,
-        timeout=240, env=dict(os.environ),
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    run = run_dir(tmp_path)
-    (embedding,) = projector(run)
-    truth = val_classes(run, root)
-    assert len(truth) == 5
-    rows = embedding["rows"]
-    assert sorted(r["path"] for r in rows) == sorted(truth)  # each file once, from both ranks
-    assert all(r["label"] == truth[r["path"]] for r in rows)
-    assert embedding["features"].shape[0] == 5 and embedding["sprite"] == (3 * 32, 3 * 32)
-    assert not list(run.parent.glob("version_1"))
 
 
 def test_readme_documents_the_projector_options() -> None:

@@ -17,6 +17,7 @@ from tensorboard.plugins.hparams.api_pb2 import Status
 from tensorboard.plugins.hparams.metadata import EXPERIMENT_TAG, SESSION_END_INFO_TAG, SESSION_START_INFO_TAG
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from test_cli import run_dir, tiny_args
+from test_projector import projector, val_classes
 
 from lit_transfer.callbacks.run_summary import HPARAMS_PREFIX, METRIC_TAGS, SUMMARY_NAME
 from lit_transfer.cli import main
@@ -187,3 +188,10 @@ def test_ddp_writes_one_summary_with_every_ranks_images(tree_factory, tmp_path: 
     assert len(list(run.glob(HPARAMS_PREFIX + "*"))) == 1 and session(run)["hparams"]["devices"] == 2
     assert not [p for p in run.iterdir() if ".tmp" in p.name]
     assert not (tmp_path / "runs" / "ddp" / "version_1").exists()
+    # the same run's embedding projector: one, with the validation points of both ranks (3 and 2 of the 5)
+    (embedding,) = projector(run)
+    truth = val_classes(run, root)
+    rows = embedding["rows"]
+    assert len(truth) == 5 and sorted(r["path"] for r in rows) == sorted(truth)  # each file once
+    assert all(r["label"] == truth[r["path"]] for r in rows)
+    assert embedding["features"].shape[0] == 5 and embedding["sprite"] == (3 * 32, 3 * 32)

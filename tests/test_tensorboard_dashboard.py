@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 import io
 import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -332,42 +331,3 @@ def test_readme_documents_every_reports_argument() -> None:
             assert f"`{name}:" in row, f"README's --reports.* row lacks {name!r}"
     for tag in ("reports/top_confusions", "reports/pr_curve/<class>", "custom scalars"):
         assert tag in readme
-
-
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
-def test_two_processes_write_the_pr_curves_and_tables_of_one(tmp_path: Path) -> None:
-    # 21 images: an odd number of validation images, split unevenly between the two ranks (as in tests/test_ddp.py)
-    root = tmp_path / "data"
-    rng = np.random.default_rng(0)
-    for c, (name, count) in enumerate({"red": 4, "green": 9, "blue": 8}.items()):
-        (root / name).mkdir(parents=True)
-        for i in range(count):
-            pixels = rng.integers(0, 60, (40, 48, 3), dtype=np.uint8)
-            pixels[..., c] += 150
-            Image.fromarray(pixels).save(root / name / f"img_{i:03d}.png")
-
-    def cli(*args: str, experiment: str) -> None:
-        command = [sys.executable, "-m", "lit_transfer", *args, "--data", "ImageFolderDataModule"]
-        command += ["--data.root", str(root), "--data.image_size", "32", "--data.batch_size", "2"]
-        command += ["--data.num_workers", "0", "--data.val_fraction", "0.3", "--model", "TransferClassifier"]
-        command += ["--model.backbone", "smallcnn", "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu"]
-        command += ["--trainer.enable_progress_bar", "false", "--experiment", experiment]
-        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=240)
-        assert result.returncode == 0, result.stderr[-3000:]
-
-    cli("fit", experiment="fit")
-    ckpt = str(tmp_path / "runs/fit/version_0/checkpoints/last.ckpt")
-    cli("validate", "--ckpt_path", ckpt, experiment="one")
-    cli("validate", "--ckpt_path", ckpt, "--trainer.devices", "2", "--trainer.strategy", "ddp", experiment="two")
-    # wherever the command line puts a validation's run folder: the one folder with event files
-    one, two = (_events(next((tmp_path / "runs" / e).rglob("events.out.tfevents.*")).parent) for e in ("one", "two"))
-    curves = [t for t in one.Tags()["tensors"] if t.startswith("reports/pr_curve/")]
-    assert len(curves) == 3
-    for tag in curves:  # every rank's validation images counted, once
-        a, b = (tensor_util.make_ndarray(ev.Tensors(tag)[-1].tensor_proto) for ev in (one, two))
-        np.testing.assert_array_equal(a, b)
-        assert a[0, 0] + a[1, 0] + a[2, 0] + a[3, 0] == 5  # tp + fp + tn + fn: all 5 validation images
-    for tag in ("reports/per_class", "reports/top_confusions"):
-        assert _text(one, tag, one.Tensors(f"{tag}/text_summary")[-1].step) == _text(
-            two, tag, two.Tensors(f"{tag}/text_summary")[-1].step
-        )
