@@ -84,7 +84,8 @@ class BaseImageDataModule(pl.LightningDataModule):
         batch_size: images per batch (per device).
         num_workers: loader processes; ``None`` uses every core this process may use, shared among the training
             processes of a node.
-        augmentation: train transform preset (``standard``, ``seed002``, ``none``).
+        augmentation: train transform preset (``standard``, ``seed002``, ``trivialaugment``, ``randaugment``,
+            ``autoaugment``, ``random_erasing``, ``none``).
         pin_memory: page-locked batches; ``None`` pins when a GPU is used.
         persistent_workers: keep loader processes alive between epochs.
         predict_dir: folder of images for ``predict`` (searched recursively).

@@ -167,6 +167,66 @@ def no_augmentation(pre: Preprocessing) -> Transform:
     return eval_transform(pre)
 
 
+def tensor_op_interpolation(mode: InterpolationMode) -> InterpolationMode:
+    """``mode``, or the nearest mode that torchvision's rotate/shear/translate accept on tensors.
+
+    Those kernels take only ``nearest`` and ``bilinear`` on tensors: ``bicubic`` weights get ``bilinear`` there (one
+    of the two modes timm's auto-augment picks from), ``nearest`` (``nearest-exact``) gets plain ``nearest``.
+    """
+    if mode in (InterpolationMode.NEAREST, InterpolationMode.BILINEAR):
+        return mode
+    return InterpolationMode.NEAREST if mode == InterpolationMode.NEAREST_EXACT else InterpolationMode.BILINEAR
+
+
+def _crop_flip_then(pre: Preprocessing, augment: Transform) -> Transform:
+    """The ``standard`` crop and flip (in the weights' interpolation), then ``augment`` on the ``uint8`` crop."""
+    mode = interpolation_mode(pre.interpolation)
+    return v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.RandomResizedCrop(pre.input_size, interpolation=mode, antialias=True),
+            v2.RandomHorizontalFlip(),
+            augment,
+        ]
+    )
+
+
+@register_transform("trivialaugment")
+def trivialaugment_transform(pre: Preprocessing) -> Transform:
+    """RandomResizedCrop + flip + ``TrivialAugmentWide`` (one random op at a random magnitude per image)."""
+    mode = tensor_op_interpolation(interpolation_mode(pre.interpolation))
+    return _crop_flip_then(pre, v2.TrivialAugmentWide(interpolation=mode))
+
+
+@register_transform("randaugment")
+def randaugment_transform(pre: Preprocessing) -> Transform:
+    """RandomResizedCrop + flip + ``RandAugment`` with torchvision's defaults (2 ops, magnitude 9 of 31)."""
+    mode = tensor_op_interpolation(interpolation_mode(pre.interpolation))
+    return _crop_flip_then(pre, v2.RandAugment(num_ops=2, magnitude=9, interpolation=mode))
+
+
+@register_transform("autoaugment")
+def autoaugment_transform(pre: Preprocessing) -> Transform:
+    """RandomResizedCrop + flip + ``AutoAugment`` with the ImageNet policy."""
+    mode = tensor_op_interpolation(interpolation_mode(pre.interpolation))
+    return _crop_flip_then(pre, v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=mode))
+
+
+RANDOM_ERASING_P = 0.25  # timm's ``reprob`` in its ImageNet recipes (torchvision's default is 0.5)
+
+
+@register_transform("random_erasing")
+def random_erasing_transform(pre: Preprocessing) -> Transform:
+    """The ``standard`` preset, then ``RandomErasing`` (p 0.25) of one rectangle, filled with the weights' mean colour.
+
+    torchvision's and timm's recipes erase after normalization, where their fill ``0`` is the mean colour; here
+    erasing runs on the ``uint8`` image before normalization, so the fill is the mean in ``0..255`` (``0`` would
+    be black, and ``value="random"`` draws normal values that wrap around in ``uint8``).
+    """
+    fill = [float(round(255 * m)) for m in pre.mean]
+    return _crop_flip_then(pre, v2.RandomErasing(p=RANDOM_ERASING_P, value=fill))
+
+
 # Transforms that map an image to the same output every time (no random parameters).
 DETERMINISTIC_TRANSFORMS: tuple[type, ...] = (
     v2.PILToTensor, v2.ToImage, v2.ToDtype, v2.ToPureTensor, v2.Resize, v2.CenterCrop, v2.Normalize, v2.Grayscale,
