@@ -19,6 +19,7 @@ OPTIONS = {
     "export": ["--config", "--ckpt_path", "--format", "--out", "--tolerance", "--opset", "--image_size"],
     "backbones": ["list", "show", "--weights", "--image_size", "--json"],
     "runs": ["--config", "--runs_dir", "--sort", "--csv"],
+    "lr-find": ["--config", "--min_lr", "--max_lr", "--num_training", "--out", "--model", "--data", "--trainer"],
 }
 
 

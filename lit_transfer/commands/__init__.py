@@ -85,6 +85,11 @@ COMMANDS: dict[str, Command] = {
         "lit_transfer.commands.runs:runs",
         "List the runs of a runs folder: backbone, best val_acc, test_acc, epochs, wall time and status.",
     ),
+    "lr-find": Command(
+        "lit_transfer.commands.lr_find:main",
+        "Learning-rate range test on a fit config's model and data: suggested lr and the loss-vs-lr plot.",
+        parses_argv=True,
+    ),
 }
 
 # Top-level keys of a full fit config that a data-only command accepts and ignores.
