@@ -159,3 +159,12 @@ def test_a_separate_test_reaches_the_row_of_the_run_it_tested(
     (row,) = listed(capsys)  # still one row: the test is not a run
     summary = json.loads((in_tmp / "runs" / "t" / "version_0" / "test_0" / SUMMARY_NAME).read_text())
     assert row["test_acc"] != "" and float(row["test_acc"]) == pytest.approx(summary["test_acc"], abs=1e-4)
+
+
+def test_the_table_names_a_weights_file_by_its_name() -> None:
+    from lit_transfer.commands.runs import format_table
+
+    row = {"experiment": "e", "version": 0, "backbone": "timm/tf_efficientnet_lite0", "weights": "/a/b/lite0.pth"}
+    table = format_table([row, {**row, "version": 1, "weights": "DEFAULT"}])
+    lines = table.splitlines()
+    assert " lite0.pth " in f"{lines[1]} " and "/a/b" not in table and " DEFAULT" in lines[2]

@@ -236,6 +236,7 @@ def _cells(row: dict[str, Any]) -> list[str]:
     values = {
         **{c: "" if row.get(c) is None else str(row[c]) for c in COLUMNS},
         "version": f"version_{row['version']}",
+        "weights": _file_name(row.get("weights")),
         "val_acc": _number(4)(row.get("val_acc")),
         "test_acc": _number(4)(row.get("test_acc")),
         "epochs": epochs,
@@ -243,6 +244,14 @@ def _cells(row: dict[str, Any]) -> list[str]:
         "status": status,
     }
     return [values[c] for c in COLUMNS]
+
+
+def _file_name(weights: Any) -> str:
+    """A weights file by its name (the table stays readable; ``--csv`` keeps the whole path), else the value."""
+    if weights is None:
+        return ""
+    text = str(weights)
+    return Path(text).name if "/" in text or "\\" in text else text
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
