@@ -119,6 +119,12 @@ class FeatureCache(Callback):
                 f"{split} split: loading images, not cached features: its transform is random (augmentation), so "
                 "the features change every epoch. Set data.init_args.augmentation: none to cache it"
             )
+        if split == "train" and getattr(getattr(self._model, "mixing", None), "enabled", False):
+            # mixing features is not mixing images: the cache must not change what the run trains on
+            return (
+                "train split: loading images, not cached features: model.init_args.mixup_alpha/cutmix_alpha mix the "
+                "training images, which mixing cached features would not reproduce"
+            )
         return None
 
     # --- building and reading entries -----------------------------------------------------------------------------

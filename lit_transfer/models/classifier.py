@@ -41,7 +41,9 @@ from lit_transfer.models.freezing import (
     set_frozen_bn_eval,
 )
 from lit_transfer.models.heads import build_head
+from lit_transfer.models.layer_groups import check_layer_decay
 from lit_transfer.models.metrics import METRIC_FLUSH_BATCHES, EpochMetricsModule
+from lit_transfer.models.mixing import BatchMixing
 from lit_transfer.models.optim import (
     DEFAULT_OPTIMIZER,
     check_learning_rate,
@@ -90,7 +92,10 @@ class TransferClassifier(EpochMetricsModule):
             parameter-name patterns.
         unfreeze_at_epoch: epoch at which every frozen backbone parameter starts training.
         unfreeze_milestones: epochs at which frozen stages are unfrozen step by step, from the top stage down.
-        backbone_lr_factor: backbone learning rate as a multiple of the head's.
+        backbone_lr_factor: backbone learning rate as a multiple of the head's (with ``layer_decay``: its top stage's).
+        layer_decay: layer-wise learning-rate decay in (0, 1]: backbone stage i from the top trains at lr ×
+            ``backbone_lr_factor`` × ``layer_decay``**i, each stage its own parameter group ``backbone.<stage>``
+            (timm models: timm's per-block grouping); ``null``: one ``backbone`` group.
         optimizer: optimizer class_path/init_args (set with ``--optimizer``); default AdamW(lr=1e-3, wd=0.01).
         lr_scheduler: scheduler class_path/init_args (set with ``--lr_scheduler``); OneCycleLR/CyclicLR are stepped
             per optimizer step (OneCycleLR spans the run unless given ``total_steps``), others per epoch. Giving it
@@ -98,7 +103,15 @@ class TransferClassifier(EpochMetricsModule):
         warmup_epochs: linear warm-up in epochs (fractions allowed) of the epoch's real optimizer steps, at least one
             step, stepped per optimizer step.
         cosine: cosine decay to zero over the run's remaining optimizer steps (``max_steps`` or ``max_epochs``).
+        restart_at_unfreeze: start the warm-up/cosine schedule again at each unfreeze epoch, each phase decaying
+            over its own length (fastai's ``fine_tune``: one cycle frozen, another after unfreezing).
         label_smoothing: label smoothing of the cross-entropy loss.
+        mixup_alpha: MixUp of training batches (:mod:`~lit_transfer.models.mixing`): Beta(alpha, alpha) of the
+            mixing weight, e.g. 0.2; 0 is off. The loss trains on the mixed soft targets, the training metrics on
+            the original labels; validation, test and predict are never mixed.
+        cutmix_alpha: CutMix of training batches: Beta(alpha, alpha) of the kept area, e.g. 1.0; 0 is off. With
+            both alphas positive a mixed batch gets MixUp or CutMix with probability 0.5 each.
+        mix_prob: probability that a training batch is mixed at all (with either alpha positive).
         mean: input normalization mean; ``null`` uses the weights' own, else ImageNet's.
         std: input normalization std; ``null`` uses the weights' own, else ImageNet's.
         top_k: how many ranked classes predictions report.
@@ -131,11 +144,16 @@ class TransferClassifier(EpochMetricsModule):
         unfreeze_at_epoch: int | None = None,
         unfreeze_milestones: list[int] | None = None,
         backbone_lr_factor: float = 1.0,
+        layer_decay: float | None = None,
         optimizer: dict | None = None,
         lr_scheduler: dict | None = None,
         warmup_epochs: float = 0.0,
         cosine: bool = False,
+        restart_at_unfreeze: bool = False,
         label_smoothing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        mix_prob: float = 1.0,
         mean: list[float] | None = None,
         std: list[float] | None = None,
         top_k: int = 5,
@@ -153,8 +171,12 @@ class TransferClassifier(EpochMetricsModule):
             raise ValueError("give model.unfreeze_at_epoch or model.unfreeze_milestones, not both")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"model.label_smoothing={label_smoothing}: use a value in [0, 1), e.g. 0.1")
+        self.mixing = BatchMixing(num_classes, mixup_alpha, cutmix_alpha, mix_prob)  # checks the three values
         check_learning_rate(optimizer)
-        check_schedule_options(lr_scheduler, warmup_epochs, cosine)  # before any weights are built or downloaded
+        check_layer_decay(layer_decay)
+        milestones = [unfreeze_at_epoch] if unfreeze_at_epoch is not None else sorted(unfreeze_milestones or [])
+        # before any weights are built or downloaded
+        check_schedule_options(lr_scheduler, warmup_epochs, cosine, restart_at_unfreeze, milestones)
         spec = as_spec(backbone, weights, weights_map)  # model.backbone (a name or a spec) and the flat flags
         stored, weights, weights_map = backbone_hparams(spec)
         backbone = cast(Any, stored)  # Lightning saves the init frame's locals: checkpoints hold plain values only
@@ -166,7 +188,7 @@ class TransferClassifier(EpochMetricsModule):
         self.head = build_head(built.feature_dim, num_classes, hidden_dims or [], dropout)
         self.register_buffer("mean", torch.tensor(mean or built.mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std or built.std, dtype=torch.float32).view(1, -1, 1, 1))
-        self.milestones = [unfreeze_at_epoch] if unfreeze_at_epoch is not None else sorted(unfreeze_milestones or [])
+        self.milestones = milestones
         self.initial_frozen = frozen_parameter_names(self.backbone, freeze)
         self.frozen: set[str] = set()
         self._grad_masked = False
@@ -262,10 +284,13 @@ class TransferClassifier(EpochMetricsModule):
         y = batch[1]
         if len(y) == 0:  # every image of the batch was unreadable (and reported by the data module)
             return None, None
+        targets = y
+        if stage == "train" and self.mixing.enabled:  # soft targets for the loss; the metrics keep the labels y
+            batch, targets = self.mixing.mix_batch(batch)
         logits = self.logits(batch)
         # class weights apply to the training loss only, so val_loss stays comparable between runs
         weight = self.class_weight if stage == "train" and self.hparams["class_weights"] is not None else None
-        loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=self.hparams["label_smoothing"])
+        loss = F.cross_entropy(logits, targets, weight=weight, label_smoothing=self.hparams["label_smoothing"])
         if stage == "train":
             indices = batch[2] if len(batch) > 2 else None
             if self.hparams["on_nonfinite_loss"] == "skip":
@@ -299,15 +324,23 @@ class TransferClassifier(EpochMetricsModule):
     # --- optimization ---------------------------------------------------------------------------------------------
 
     def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
-        """Head and backbone groups; backbone parameters that ever train are in the optimizer from the start."""
+        """Head and backbone groups (per stage with ``layer_decay``); anything that ever trains is in from the start."""
         factor, trains_later = self.hparams["backbone_lr_factor"], bool(self.milestones)
-        return parameter_groups(self.head, self.backbone, lr, factor, self.initial_frozen, trains_later)
+        decay = self.hparams.get("layer_decay")
+        return parameter_groups(self.head, self.backbone, lr, factor, self.initial_frozen, trains_later, decay)
 
     def configure_optimizers(self) -> Any:
         """The optimizer over the parameter groups, and the scheduler (given, or warm-up/cosine per optimizer step)."""
         hp = self.hparams
+        restarts = self.milestones if hp.get("restart_at_unfreeze") else []
         return configure_optimization(
-            self.parameter_groups, self._trainer, hp["optimizer"], hp["lr_scheduler"], hp["warmup_epochs"], hp["cosine"]
+            self.parameter_groups,
+            self._trainer,
+            hp["optimizer"],
+            hp["lr_scheduler"],
+            hp["warmup_epochs"],
+            hp["cosine"],
+            restarts,
         )
 
     # --- reporting and checkpoints --------------------------------------------------------------------------------

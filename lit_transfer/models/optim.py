@@ -1,16 +1,18 @@
 """The classifier's optimization: optimizer config, head/backbone parameter groups, scheduler, balancing check.
 
-The learning-rate schedule itself (warm-up, cosine, a given scheduler) is :mod:`lit_transfer.models.schedules`.
+The learning-rate schedule itself (warm-up, cosine, a given scheduler) is :mod:`lit_transfer.models.schedules`;
+the per-layer backbone groups of ``layer_decay`` are :mod:`lit_transfer.models.layer_groups`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from lightning.pytorch.cli import instantiate_class
 from torch import nn
 
+from lit_transfer.models.layer_groups import layer_decay_groups
 from lit_transfer.models.schedules import build_lr_schedule
 
 DEFAULT_OPTIMIZER: dict[str, Any] = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3, "weight_decay": 0.01}}
@@ -40,25 +42,45 @@ def parameter_groups(
     backbone_lr_factor: float,
     initial_frozen: Iterable[str],
     trains_later: bool,
+    layer_decay: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Head and backbone groups; backbone parameters that ever train (``trains_later``: all) are in from the start."""
+    """The ``head`` group at ``lr``, then the backbone's: one ``backbone`` group, or one per layer with ``layer_decay``.
+
+    The backbone trains at ``lr`` × ``backbone_lr_factor``; with ``layer_decay`` d that is its top layer's lr and
+    layer i from the top trains at d**i times it, in group ``backbone.<layer>``
+    (:func:`~lit_transfer.models.layer_groups.layer_decay_groups`). Backbone parameters that ever train
+    (``trains_later``: all) are in from the start; those frozen for the whole run are in no group.
+    """
     frozen = set(initial_frozen)
+
+    def trains(name: str) -> bool:
+        return name not in frozen or trains_later
+
     groups = [{"params": list(head.parameters()), "lr": lr, "name": "head"}]
-    params = [p for n, p in backbone.named_parameters() if n not in frozen or trains_later]
+    if layer_decay is not None:
+        return groups + layer_decay_groups(backbone, lr * backbone_lr_factor, layer_decay, trains)
+    params = [p for n, p in backbone.named_parameters() if trains(n)]
     if params:
         groups.append({"params": params, "lr": lr * backbone_lr_factor, "name": "backbone"})
     return groups
 
 
 def configure_optimization(
-    groups_for: Any, trainer: Any, optimizer: dict | None, lr_scheduler: dict | None, warmup_epochs: float, cosine: bool
+    groups_for: Any,
+    trainer: Any,
+    optimizer: dict | None,
+    lr_scheduler: dict | None,
+    warmup_epochs: float,
+    cosine: bool,
+    restart_epochs: Sequence[int] = (),
 ) -> Any:
     """The optimizer over ``groups_for(lr)``'s parameter groups, and the scheduler, as ``configure_optimizers`` returns.
 
-    The scheduler is the given one, or warm-up/cosine per optimizer step; with neither, the optimizer alone.
+    The scheduler is the given one, or warm-up/cosine per optimizer step (restarted at ``restart_epochs``); with
+    neither, the optimizer alone.
     """
     init = optimizer or DEFAULT_OPTIMIZER
     lr = float(init.get("init_args", {}).get("lr", 1e-3))
     built = instantiate_class(groups_for(lr), init)
-    schedule = build_lr_schedule(built, trainer, lr_scheduler, warmup_epochs, cosine)
+    schedule = build_lr_schedule(built, trainer, lr_scheduler, warmup_epochs, cosine, restart_epochs)
     return built if schedule is None else {"optimizer": built, "lr_scheduler": schedule}

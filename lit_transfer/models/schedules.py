@@ -10,7 +10,11 @@ Definitions (per process: under DDP each process's loader is already sharded):
   at most the total steps;
 - the lr of optimizer step s (from 0) is base × (s + 1) / (W + 1) for s < W (so even a one-step warm-up is one),
   then base × (1 + cos(π (s - W) / (total - W))) / 2 with ``cosine`` (base at step W, 0 after the last), else base.
-  Each parameter group has its own base lr (the backbone's is ``backbone_lr_factor`` × the head's).
+  Each parameter group has its own base lr (the backbone's is ``backbone_lr_factor`` × the head's, and with
+  ``layer_decay`` each backbone stage's that × ``layer_decay``**depth), so the groups keep their ratios.
+- with ``restart_at_unfreeze`` the run is cut into phases at the unfreeze epochs' first steps (epoch × steps per
+  epoch) and each phase gets the whole schedule of its own length: its warm-up (W capped at the phase), then cosine
+  to 0 at its end, as fastai's ``fine_tune`` runs one cycle frozen and another after unfreezing.
 
 Lightning steps an ``interval: "step"`` scheduler once per optimizer step, not per batch: under accumulation
 ``update_lr_schedulers("step")`` returns early while ``_should_accumulate()`` (``training_epoch_loop.py``).
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,24 +70,49 @@ def warmup_steps(warmup_epochs: float, per_epoch: float, total: float) -> int:
     return int(min(steps, total))
 
 
-def warmup_cosine(warmup: int, total: float, cosine: bool) -> Callable[[int], float]:
-    """The lr factor of optimizer step ``step``: linear warm-up to 1, then (with ``cosine``) cosine to 0."""
+def warmup_cosine(warmup: int, total: float, cosine: bool, restarts: Sequence[int] = ()) -> Callable[[int], float]:
+    """The lr factor of optimizer step ``step``: linear warm-up to 1, then (with ``cosine``) cosine to 0.
+
+    ``restarts`` (optimizer steps, ascending, inside the run) start the schedule again: each phase between two of
+    them is warmed up (at most over the phase) and decayed over its own length.
+    """
+    starts = [0, *(s for s in restarts if 0 < s < total)]
+    ends = [*starts[1:], total]
 
     def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
+        phase = max(i for i, start in enumerate(starts) if start <= step) if step >= 0 else 0
+        local, length = step - starts[phase], ends[phase] - starts[phase]
+        ramp = min(warmup, max(1, int(length))) if warmup else 0
+        if local < ramp:
+            return (local + 1) / (ramp + 1)
         if not cosine:
             return 1.0
-        progress = (step - warmup) / max(1.0, total - warmup)
+        progress = (local - ramp) / max(1.0, length - ramp)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
 
 
-def check_schedule_options(lr_scheduler: dict[str, Any] | None, warmup_epochs: float, cosine: bool) -> None:
+def check_schedule_options(
+    lr_scheduler: dict[str, Any] | None,
+    warmup_epochs: float,
+    cosine: bool,
+    restart_at_unfreeze: bool = False,
+    milestones: Sequence[int] = (),
+) -> None:
     """Refuse schedule options that contradict each other (needs no trainer, so it can run at construction)."""
     if warmup_epochs < 0:
         raise ValueError(f"model.init_args.warmup_epochs={warmup_epochs}: give 0 (no warm-up) or more epochs")
+    if restart_at_unfreeze and not milestones:
+        raise ValueError(
+            "model.init_args.restart_at_unfreeze: true restarts the schedule at the unfreeze epochs, but none is set; "
+            "give model.init_args.unfreeze_at_epoch (e.g. 1) or unfreeze_milestones, or set restart_at_unfreeze: false"
+        )
+    if restart_at_unfreeze and (lr_scheduler or not (warmup_epochs > 0 or cosine)):
+        raise ValueError(
+            "model.init_args.restart_at_unfreeze: true restarts the built-in warm-up/cosine schedule; set "
+            "model.init_args.warmup_epochs and/or cosine: true (without --lr_scheduler), or restart_at_unfreeze: false"
+        )
     if lr_scheduler and (warmup_epochs > 0 or cosine):
         given = " and ".join(
             ([f"warmup_epochs={warmup_epochs}"] if warmup_epochs > 0 else []) + (["cosine=true"] if cosine else [])
@@ -102,8 +131,11 @@ def build_lr_schedule(
     lr_scheduler: dict[str, Any] | None,
     warmup_epochs: float,
     cosine: bool,
+    restart_epochs: Sequence[int] = (),
 ) -> dict[str, Any] | None:
     """Lightning's ``lr_scheduler`` config for the optimizer, or ``None`` when the lr stays constant.
+
+    ``restart_epochs`` (``restart_at_unfreeze``: the unfreeze epochs) restart the built-in schedule there.
 
     ``lr_scheduler`` (class_path/init_args, from ``--lr_scheduler``) and the built-in ``warmup_epochs``/``cosine``
     are not combined: the given schedulers count epochs (or their own steps) while the warm-up counts optimizer
@@ -130,9 +162,17 @@ def build_lr_schedule(
             f"model.init_args.warmup_epochs={warmup_epochs} needs the number of batches per epoch, but the training "
             "loader has no length; use a sized dataset or trainer.limit_train_batches N"
         )
+    if restart_epochs and not math.isfinite(counts.per_epoch):
+        raise ValueError(
+            "model.init_args.restart_at_unfreeze needs the number of batches per epoch, but the training loader has "
+            "no length; use a sized dataset or trainer.limit_train_batches N"
+        )
     warmup = warmup_steps(warmup_epochs, counts.per_epoch, counts.total)
+    restarts = [int(epoch * counts.per_epoch) for epoch in sorted(restart_epochs)]
     _log_builtin(warmup_epochs, warmup, counts, cosine)
-    scheduler = torch_schedulers.LambdaLR(optimizer, warmup_cosine(warmup, counts.total, cosine))
+    if restarts:
+        rank_zero_info(f"lr schedule: restarted at optimizer steps {restarts} (the unfreeze epochs' first steps)")
+    scheduler = torch_schedulers.LambdaLR(optimizer, warmup_cosine(warmup, counts.total, cosine, restarts))
     return {"scheduler": scheduler, "interval": "step"}
 
 
@@ -177,9 +217,10 @@ def _given_schedule(optimizer: Optimizer, trainer: pl.Trainer | None, config: di
             if eta_min > lr:
                 raise ValueError(
                     f"--lr_scheduler {name} eta_min={eta_min:g} is above the {group} group's base lr {lr:g} "
-                    f"(the optimizer's lr × model.init_args.backbone_lr_factor for the backbone), so its lr would "
-                    f"rise to eta_min instead of decaying; set --lr_scheduler.eta_min {lr:g} or lower (e.g. 0), or "
-                    "raise model.init_args.backbone_lr_factor"
+                    f"(the optimizer's lr × model.init_args.backbone_lr_factor for the backbone, × layer_decay per "
+                    f"stage below the top with model.init_args.layer_decay), so its lr would rise to eta_min instead "
+                    f"of decaying; set --lr_scheduler.eta_min {lr:g} or lower (e.g. 0), or raise "
+                    "model.init_args.backbone_lr_factor (or layer_decay)"
                 )
     for key in _PER_GROUP_LR_ARGS.get(cls, ()):
         args = _scale_per_group(args, key, lrs, name)
