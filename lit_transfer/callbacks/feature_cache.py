@@ -24,6 +24,7 @@ from lit_transfer.callbacks.cache_entries import _Progress as _Progress  # re-ex
 from lit_transfer.callbacks.cache_entries import extract_entry, open_entry
 from lit_transfer.data.base import BaseImageDataModule, ImageFilesDataset
 from lit_transfer.data.transforms import is_deterministic
+from lit_transfer.data.tta import views_of
 
 DEFAULT_DIR_NAME = "feature_cache"
 
@@ -114,6 +115,8 @@ class FeatureCache(Callback):
         """Why a split cannot be served from the cache, or ``None`` when it can."""
         if type(dataset) is not ImageFilesDataset:
             return f"{split} split: off, its items are not plain images ({type(dataset).__name__})"
+        if views_of(dataset.transform) > 1:  # cached features are one view per image
+            return f"{split} split: loading images, not cached features: data.init_args.tta makes several views"
         if not is_deterministic(dataset.transform):
             return (
                 f"{split} split: loading images, not cached features: its transform is random (augmentation), so "

@@ -34,6 +34,7 @@ from lit_transfer.callbacks.report_drawing import (
 from lit_transfer.callbacks.report_drawing import render_confusion_matrix as render_confusion_matrix  # re-exported
 from lit_transfer.core.batches import FeatureBatch
 from lit_transfer.core.contract import data_info
+from lit_transfer.core.tta import main_view
 
 TAG = "reports"
 PR_THRESHOLDS = 33  # points of each PR curve (TensorBoard's default is 127)
@@ -280,6 +281,7 @@ class TensorBoardReports(Callback):
             self._image_shape = (3, size, size)
             shown: list[Any] = [int(batch.indices[i]) for i in top.tolist()]
         else:
+            x = main_view(x)  # a TTA batch shows one view per image
             self._image_shape = tuple(x.shape[1:])
             shown = list(to_uint8(x[top].detach()).cpu())
         for k, i in enumerate(top.tolist()):

@@ -10,6 +10,7 @@ ranks (:mod:`~lit_transfer.data.distributed`), setup's scan (:mod:`~lit_transfer
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from lit_transfer.core.batches import Batch, FeatureBatch
 from lit_transfer.core.preprocessing import Preprocessing
 from lit_transfer.core.run_folder import run_dir
 from lit_transfer.core.seeding import mix_seed as mix_seed  # re-exported
+from lit_transfer.core.tta import TTA
 from lit_transfer.data import distributed, loaders, manifest_state, run_files, scan, screening
 from lit_transfer.data.collate import collate_skipping_bad as collate_skipping_bad  # re-exported
 from lit_transfer.data.collate import stack_shared as stack_shared  # re-exported
@@ -37,6 +39,7 @@ from lit_transfer.data.sampler import BalancedSampler
 from lit_transfer.data.settings import check_settings
 from lit_transfer.data.splits import Sample, manifest_hash
 from lit_transfer.data.transforms import eval_transform, train_transform
+from lit_transfer.data.tta import check_tta
 
 DEFAULT_IMAGE_SIZE = 224  # without weights that say otherwise
 
@@ -104,6 +107,10 @@ class BaseImageDataModule(pl.LightningDataModule):
             The CLI fills it in from the backbone's weights (their own metadata, e.g. EfficientNet-B0: resize 256,
             crop 224, bicubic) unless the config gives it; ``null`` outside the CLI means lit_transfer's defaults
             (resize to ``image_size / 0.875``, bilinear, center crop).
+        tta: test-time augmentation of the ``val``, ``test`` and ``predict`` splits: ``none``, ``flip`` (the image and
+            its mirror), ``five_crop`` (four corners and the centre of the resized image) or ``ten_crop`` (those and
+            their mirrors); the model averages the views' softmax probabilities. Training batches are never TTA'd;
+            ``fit``'s validation uses it too, at V times the cost.
 
     """
 
@@ -125,10 +132,12 @@ class BaseImageDataModule(pl.LightningDataModule):
         normalize: Literal["model", "dataset"] = "model",
         decode_scale: float | None = 2.0,
         preprocessing: dict[str, Any] | Preprocessing | None = None,
+        tta: TTA = "none",
     ) -> None:
         super().__init__()
         self.preprocessing = resolve_data_preprocessing(image_size, preprocessing)
         self.image_size = self.preprocessing.input_size
+        check_tta(tta, self.preprocessing)
         check_settings(
             self.image_size,
             batch_size,
@@ -155,6 +164,7 @@ class BaseImageDataModule(pl.LightningDataModule):
         self.sampler = sampler
         self.normalize = normalize
         self.decode_scale = decode_scale
+        self.tta = tta
         self.normalization: tuple[list[float], list[float]] | None = None
         self.class_names: list[str] = []
         self.samples: list[Sample] = []
@@ -248,8 +258,9 @@ class BaseImageDataModule(pl.LightningDataModule):
                 )
             self.predict_paths = self._broadcast(paths)
             self._predict_synced = world > 1
-        self._datasets["predict"] = self.make_dataset(
-            self.predict_dir, self.predict_paths, list(range(len(self.predict_paths))), "predict"
+        self._datasets["predict"] = self.with_tta(
+            "predict",
+            self.make_dataset(self.predict_dir, self.predict_paths, list(range(len(self.predict_paths))), "predict"),
         )
 
     def make_dataset(self, root: str | Path, paths: Sequence[str], targets: Sequence[int], split: str) -> Dataset:
@@ -268,7 +279,29 @@ class BaseImageDataModule(pl.LightningDataModule):
         return None if self.decode_scale is None else math.ceil(self.decode_scale * size)
 
     def _build_datasets(self) -> None:
-        self._datasets.update(scan.split_datasets(self.data_root, self.samples, self.make_dataset))
+        datasets = scan.split_datasets(self.data_root, self.samples, self.make_dataset)
+        self._datasets.update({split: self.with_tta(split, dataset) for split, dataset in datasets.items()})
+
+    def with_tta(self, split: str, dataset: Dataset) -> Dataset:
+        """``dataset``, or for an evaluation split under ``tta`` a copy whose transform makes the TTA views.
+
+        :meth:`make_dataset` stays single-view (the ``normalize: dataset`` statistics and the data card measure
+        its evaluation view); only the loaders' datasets get the views.
+
+        Raises:
+            ValueError: ``tta`` is on and the split's items do not come from the evaluation transform.
+        """
+        if self.tta == "none" or split == "train":
+            return dataset
+        single = repr(eval_transform(self.preprocessing))  # a subclass's own evaluation transform is not replaced
+        if type(dataset) is not ImageFilesDataset or repr(dataset.transform) != single:
+            raise ValueError(
+                f"data.init_args.tta={self.tta}: {type(self).__name__}'s {split} items do not come from "
+                "lit_transfer's evaluation transform, so it cannot make their views; use tta: none"
+            )
+        views = copy.copy(dataset)
+        views.transform = eval_transform(self.preprocessing, self.tta)
+        return views
 
     def image_of(self, split: str, index: int) -> torch.Tensor | None:
         """Item ``index`` of ``split`` as the evaluation transform shows it (``uint8`` CHW), or ``None``."""

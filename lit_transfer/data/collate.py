@@ -11,7 +11,11 @@ from lit_transfer.core.batches import BadSample, Batch
 
 
 def collate_skipping_bad(items: list[Any]) -> Batch:
-    """Stack the good items; carry the skipped files along so the main process can report them."""
+    """Stack the good items; carry the skipped files along so the main process can report them.
+
+    Items' images are ``(C, H, W)``, or ``(V, C, H, W)`` TTA views (``data.init_args.tta``), stacked to
+    ``(B, V, C, H, W)``.
+    """
     good = [item for item in items if not isinstance(item, BadSample)]
     bad = [item for item in items if isinstance(item, BadSample)]
     if not good:

@@ -97,6 +97,12 @@ class RotNetDataModule(BaseImageDataModule):
         super().__init__(augmentation=augmentation, sampler=sampler, **kwargs)
         if sampler != "random":
             raise ValueError(f"data.sampler={sampler!r}: RotNet draws every rotation class equally often; use 'random'")
+        if self.tta != "none":
+            raise ValueError(
+                f"data.init_args.tta={self.tta}: RotNet's labels are its views' rotations, which TTA would corrupt (a "
+                "mirrored rotation by k steps is a rotation by -k; corner crops reach past the part of the source that "
+                "is valid at every angle, and the naive geometry's black corners give the angle away); use tta: none"
+            )
         if num_rotations not in (4, 8):
             raise ValueError(f"data.num_rotations={num_rotations}: use 8 (45° steps) or 4 (90° steps)")
         if angle_mode not in ("discrete", "binned"):

@@ -18,6 +18,7 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
 from lit_transfer.core.preprocessing import DEFAULT_CROP_PCT, Preprocessing
+from lit_transfer.data.tta import CropViews, check_tta, view_stage
 
 Transform = Callable[..., torch.Tensor]
 TransformPreset = Callable[[Preprocessing], Transform]
@@ -108,12 +109,16 @@ def register_transform(name: str) -> Callable[[TransformPreset], TransformPreset
     return wrap
 
 
-def eval_transform(preprocessing: int | Preprocessing) -> Transform:
+def eval_transform(preprocessing: int | Preprocessing, tta: str = "none") -> Transform:
     """The evaluation view: resize (``crop_mode`` ``center``, ``squash`` or ``border``), then the central crop.
 
-    An ``int`` is lit_transfer's default: short side to ``image_size / 0.875`` (bilinear), center crop.
+    An ``int`` is lit_transfer's default: short side to ``image_size / 0.875`` (bilinear), center crop. With
+    test-time augmentation (``tta``, see :mod:`~lit_transfer.data.tta`) the result is a stack ``(V, C, H, W)``:
+    ``flip`` the view and its mirror; ``five_crop``/``ten_crop`` torchvision's crops of the resized image in place
+    of the central crop.
     """
     pre = as_preprocessing(preprocessing)
+    check_tta(tta, pre)
     mode = interpolation_mode(pre.interpolation)
     if pre.crop_mode == "squash":
         resize = v2.Resize((pre.resize_size, pre.resize_size), interpolation=mode, antialias=True)
@@ -124,7 +129,10 @@ def eval_transform(preprocessing: int | Preprocessing) -> Transform:
     else:
         resize = v2.Resize(pre.resize_size, interpolation=mode, antialias=True)
         crop = v2.CenterCrop(pre.input_size)
-    return v2.Compose([v2.PILToTensor(), resize, crop])
+    views = view_stage(tta, pre.input_size)
+    if isinstance(views, CropViews):
+        return v2.Compose([v2.PILToTensor(), resize, views])
+    return v2.Compose([v2.PILToTensor(), resize, crop, *([views] if views is not None else [])])
 
 
 @register_transform("standard")

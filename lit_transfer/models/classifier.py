@@ -24,6 +24,7 @@ from lit_transfer.core.contract import data_info, trainer_data_info
 from lit_transfer.core.errors import CheckpointMismatchError
 from lit_transfer.core.lightning_private import quiet_eval_mode_warning
 from lit_transfer.core.preprocessing import Preprocessing
+from lit_transfer.core.tta import mean_view_log_probs
 from lit_transfer.models.backbone_spec import (
     BackboneSpec,
     as_spec,
@@ -275,10 +276,30 @@ class TransferClassifier(EpochMetricsModule):
         return self.head(self.forward_features(x))
 
     def logits(self, batch: Sequence[Any]) -> torch.Tensor:
-        """Class logits of a batch: its images through backbone and head, or its cached features through the head."""
+        """Class logits of a batch: its images through backbone and head, or its cached features through the head.
+
+        A TTA batch ``(B, V, C, H, W)`` (``data.init_args.tta``) runs its ``B * V`` views and gives the log of each
+        image's mean softmax probability over its views: softmax of it is the averaged prediction.
+        """
         if isinstance(batch, FeatureBatch):
             return self.head(batch.features)
-        return self(batch[0])
+        images = batch[0]
+        if images.dim() == 5:
+            return mean_view_log_probs(self(images.flatten(0, 1)), images.shape[1])
+        return self(images)
+
+    def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits / temperature``: their softmax is the model's probabilities (the logits' own until calibrated)."""
+        return logits / self.temperature
+
+    def _reset_temperature(self) -> None:
+        """Training starts uncalibrated: a temperature fitted for earlier weights does not fit the new ones."""
+        if float(self.temperature) != 1.0:
+            rank_zero_info(
+                f"temperature {float(self.temperature):.4g} of the checkpoint reset to 1 for training; "
+                "--calibrate temperature fits one again after fit"
+            )
+            self.temperature.fill_(1.0)
 
     def _shared_step(self, batch: Sequence[Any], stage: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         y = batch[1]
