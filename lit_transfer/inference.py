@@ -252,11 +252,13 @@ def _torchscript_runner(path: Path) -> tuple[Callable[[np.ndarray], np.ndarray],
     text = extra[TORCHSCRIPT_METADATA_FILE]
     metadata = json.loads(text) if text else {}
     module.eval()
+    temperature = float(metadata.get("temperature") or 1.0)
 
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             out = module(torch.from_numpy(batch))
-        probs = out[-1] if isinstance(out, (tuple, list)) else out.softmax(dim=1)
+        # the probabilities output is calibrated already; a module that returns logits only is divided here
+        probs = out[-1] if isinstance(out, (tuple, list)) else (out / temperature).softmax(dim=1)
         return probs.numpy()
 
     return run, metadata
@@ -277,6 +279,8 @@ class Predictor:
         square: RotNet's ``crop`` or ``resize`` source square, ``None`` for a classifier.
         low_pass: RotNet's low-pass of the source (``inner``, ``outer``, ``pad``), or ``None``.
         decode_min_side: shorter side large JPEGs may be decoded down to, or ``None`` (always decoded in full).
+        temperature: the model's temperature: its probabilities are ``softmax(logits / temperature)`` (1 unless it
+            was calibrated; older exports: 1).
     """
 
     def __init__(self, path: str | os.PathLike, run: Callable[[np.ndarray], np.ndarray], metadata: dict) -> None:
@@ -298,6 +302,7 @@ class Predictor:
         self.low_pass: dict[str, Any] | None = metadata.get("low_pass")
         min_side = metadata.get("decode_min_side")
         self.decode_min_side: int | None = int(min_side) if min_side is not None else None
+        self.temperature = float(metadata.get("temperature") or 1.0)
         self._run = run
 
     def preprocess(self, image: ImageInput) -> np.ndarray:

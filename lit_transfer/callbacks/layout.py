@@ -25,6 +25,7 @@ FAMILIES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("loss", ("loss",), r"^(train|val)_loss$"),
     ("accuracy", ("acc", "acc_top5"), r"^(train|val)_acc(_top5)?$"),
     ("F1", ("f1",), r"^(train|val)_f1$"),
+    ("calibration error (ECE)", ("ece",), r"^(train|val)_ece$"),  # val only: training images are augmented
     ("angle error", ("angle_error", "angle_error_median"), r"^(train|val)_angle_error(_median)?$"),
     ("parity accuracy", ("parity_acc",), r"^(train|val)_parity_acc$"),
 )

@@ -1,4 +1,4 @@
-"""The reports' drawings: the confusion matrix heat map, the per-class table and the top-mistakes grid and table."""
+"""The reports' drawings: confusion matrix heat map, per-class table, top-mistakes grid and table, reliability plot."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 from torchvision.utils import make_grid
 
+from lit_transfer.callbacks.calibration import Reliability
 from lit_transfer.core.fonts import font
 
 _font = lru_cache(maxsize=64)(font)  # loading a font takes a millisecond; a matrix asks for it hundreds of times
@@ -311,3 +312,67 @@ def mistakes_table(mistakes: Sequence[Mistake], names: Sequence[str]) -> str:
     """A Markdown table of the mistakes: rank, true class, predicted class and confidence."""
     rows = [f"| {r + 1} | {names[t]} | {names[p]} | {c:.3f} |" for r, (c, _, t, p) in enumerate(mistakes)]
     return "| rank | true | predicted | confidence |\n|---:|---|---|---:|\n" + "\n".join(rows)
+
+
+def count_label(count: int) -> str:
+    """A bin's image count in at most four characters: ``7``, ``999``, ``1.2k``, ``12k``, ``3.4M``."""
+    if count < 1000:
+        return str(count)
+    for scale, unit in ((1e6, "M"), (1e3, "k")):
+        if count >= scale:
+            value = count / scale
+            return f"{value:.1f}{unit}" if value < 10 else f"{value:.0f}{unit}"
+    return str(count)  # (unreachable)
+
+
+def render_reliability_diagram(reliability: Reliability) -> Image.Image:
+    """The reliability diagram: per confidence bin, accuracy bars against the diagonal, the gap and the image count.
+
+    :data:`CARD_WIDTH` wide, so text is shown 1:1 in TensorBoard's IMAGES tab. A bar's height is the share of the
+    bin's images classified right; the red box spans from it to the bin's mean confidence (its calibration gap); the
+    diagonal is perfect calibration. The title carries the ECE (as ``val_ece``) and the number of images.
+    """
+    n = len(reliability.counts)
+    width, pad = CARD_WIDTH, 6
+    x0, x1, y0 = 30, CARD_WIDTH - 8, 22
+    y1 = y0 + 156
+    height = y1 + 48 + pad
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    title_font, label_font, count_font = _font(11), _font(10), _font(9)
+
+    def y_of(value: float) -> float:
+        return y1 - (y1 - y0) * min(max(value, 0.0), 1.0)
+
+    title = f"reliability: ECE {reliability.ece:.4f}, {reliability.total} images, {n} bins"
+    draw.text((pad, 4), fit_text(title, width - 2 * pad, draw, title_font), fill="black", font=title_font)
+    draw.line([(x0, y_of(0.5)), (x1, y_of(0.5))], fill=(228, 228, 228))
+    bin_w = (x1 - x0) / max(1, n)
+    for i in range(n):
+        count = int(reliability.counts[i])
+        left, right = x0 + i * bin_w + 1, x0 + (i + 1) * bin_w - 1
+        centre = (left + right) / 2
+        if count == 0:
+            continue
+        accuracy, confidence = float(reliability.accuracy[i]), float(reliability.confidence[i])
+        draw.rectangle([left, y_of(accuracy), right, y1], fill=(70, 110, 180))
+        top, bottom = sorted((y_of(accuracy), y_of(confidence)))
+        if bottom - top >= 1:
+            draw.rectangle([left, top, right, bottom], fill=(244, 170, 170), outline=(200, 40, 40))
+        label = count_label(count)
+        size = next((s for s in (9, 8, 7) if draw.textlength(label, font=_font(s)) <= bin_w), 0)
+        if size:
+            draw.text((centre, y1 + 3), label, fill="dimgray", font=_font(size), anchor="ma")
+    steps = 24  # the diagonal, dashed
+    for k in range(0, steps, 2):
+        a, b = k / steps, (k + 1) / steps
+        draw.line([(x0 + (x1 - x0) * a, y_of(a)), (x0 + (x1 - x0) * b, y_of(b))], fill="gray", width=1)
+    draw.rectangle([x0, y0, x1, y1], outline="gray")
+    for value, text in ((0.0, "0"), (0.5, "0.5"), (1.0, "1")):
+        draw.text((x0 - 3, y_of(value)), text, fill="black", font=label_font, anchor="rm")
+        draw.text((x0 + (x1 - x0) * value, y1 + 15), text, fill="black", font=label_font, anchor="ma")
+    draw.text((x0 + (x1 - x0) * 0.75, y1 + 15), "confidence", fill="black", font=label_font, anchor="ma")
+    draw.text((x0 + 3, y0 + 2), "accuracy", fill="gray", font=count_font)
+    legend = "bars: accuracy, red: gap to the mean confidence, numbers: images"
+    draw.text((pad, y1 + 31), fit_text(legend, width - 2 * pad, draw, count_font), fill="gray", font=count_font)
+    return img

@@ -1,4 +1,4 @@
-"""TensorBoard reports: batch grid, confusion matrix, per-class metrics, PR curves and the most confident mistakes.
+"""TensorBoard reports: batch grid, confusion matrix, per-class metrics, PR curves, reliability, confident mistakes.
 
 The custom-scalars layout (train and val on one chart) is in :mod:`~lit_transfer.callbacks.layout`.
 
@@ -22,6 +22,7 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.utils import make_grid
 
+from lit_transfer.callbacks.calibration import ReliabilityBins, reliability
 from lit_transfer.callbacks.layout import logged_metric_names, scalar_charts, write_layout
 from lit_transfer.callbacks.report_drawing import class_metrics as class_metrics  # re-exported
 from lit_transfer.callbacks.report_drawing import (
@@ -29,6 +30,7 @@ from lit_transfer.callbacks.report_drawing import (
     format_top_confusions,
     mistakes_grid,
     mistakes_table,
+    render_reliability_diagram,
     to_uint8,
 )
 from lit_transfer.callbacks.report_drawing import render_confusion_matrix as render_confusion_matrix  # re-exported
@@ -97,14 +99,17 @@ class TensorBoardReports(Callback):
     - at the end of every ``every_n_epochs``-th validation: the confusion matrix (``reports/confusion_matrix``), the
       most frequent confusions (``reports/top_confusions``), a per-class precision/recall/F1 table
       (``reports/per_class``), one-vs-rest PR curves of the first ``pr_curves_max_classes`` classes
-      (``reports/pr_curve/<class>``, PR CURVES tab) and the ``max_mistakes`` most confidently wrong validation images
-      with their true and predicted classes (``reports/top_mistakes``, as a table in ``reports/top_mistakes_table``).
+      (``reports/pr_curve/<class>``, PR CURVES tab), the reliability diagram (``reports/reliability_diagram``: per
+      confidence bin the accuracy against the diagonal, the gap to the mean confidence and the images, the ECE in its
+      title; the model's probabilities, divided by its ``temperature`` when calibrated) and the ``max_mistakes`` most
+      confidently wrong validation images with their true and predicted classes (``reports/top_mistakes``, as a table
+      in ``reports/top_mistakes_table``).
 
-    The confusion matrix and the PR curves' bucket counts are torchmetrics metrics (synchronized across ranks); the
-    mistakes are kept on the CPU as the validation runs (never more than ``2 * max_mistakes`` images) and gathered
-    from every rank at the end. Only rank zero writes. The logits come from the validation step's output
-    ``{"logits": ...}`` when the model returns one, else from a second forward pass. Without a TensorBoard logger the
-    callback does nothing.
+    The confusion matrix, the PR curves' bucket counts and the reliability bins are torchmetrics metrics
+    (synchronized across ranks); the mistakes are kept on the CPU as the validation runs (never more than
+    ``2 * max_mistakes`` images) and gathered from every rank at the end. Only rank zero writes. The logits come
+    from the validation step's output ``{"logits": ...}`` when the model returns one, else from a second forward
+    pass. Without a TensorBoard logger the callback does nothing.
 
     Args:
         every_n_epochs: report every this many validation epochs.
@@ -144,6 +149,7 @@ class TensorBoardReports(Callback):
         self._confmat_kept: MulticlassConfusionMatrix | None = None
         self._pr: BinnedPRCounts | None = None
         self._pr_kept: BinnedPRCounts | None = None
+        self._reliability: ReliabilityBins | None = None
         self._mistakes: list[tuple[float, torch.Tensor, int, int]] = []
         self._image_shape: tuple[int, ...] | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -232,6 +238,15 @@ class TensorBoardReports(Callback):
             kept.reset()
             self._confmat = kept
             self._pr = self._pr_counts(num_classes, pl_module.device)
+            self._reliability = self._reliability_bins(pl_module.device)
+
+    def _reliability_bins(self, device: torch.device) -> ReliabilityBins:
+        """The reset confidence bins of the reliability diagram (made once, reset afterwards)."""
+        bins = self._reliability
+        if bins is None or bins.device != device:
+            bins = ReliabilityBins().to(device)
+        bins.reset()
+        return bins
 
     def _pr_counts(self, num_classes: int, device: torch.device) -> BinnedPRCounts | None:
         """The reset PR bucket counts for ``num_classes`` (made once, reset afterwards), or ``None`` without curves."""
@@ -265,11 +280,17 @@ class TensorBoardReports(Callback):
         if self._confmat is None:  # a module without class names: the class count is the logits' width
             self._confmat = MulticlassConfusionMatrix(logits.shape[1]).to(logits.device)
             self._pr = self._pr_counts(logits.shape[1], logits.device)
-        probs = logits.detach().float().softmax(dim=1)
+            self._reliability = self._reliability_bins(logits.device)
+        # the model's probabilities: softmax(logits / T) for a calibrated model (--calibrate temperature)
+        temperature = getattr(pl_module, "temperature", None)
+        scaled = logits.detach().float()
+        probs = (scaled / temperature if isinstance(temperature, torch.Tensor) else scaled).softmax(dim=1)
         confidence, predicted = probs.max(dim=1)
         self._confmat.update(predicted, y)
         if self._pr is not None:
             self._pr.update(probs, y)
+        if self._reliability is not None:
+            self._reliability.update(probs, y)
         wrong = (predicted != y).nonzero().flatten()
         if len(wrong) == 0:
             return
@@ -317,12 +338,13 @@ class TensorBoardReports(Callback):
         return [(float(gathered[0][i]), gathered[1][i], int(gathered[2][i, 0]), int(gathered[2][i, 1])) for i in order]
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Write the confusion matrix, the per-class table and the top mistakes (rank zero)."""
+        """Write the confusion matrix, per-class table, reliability diagram and top mistakes (rank zero)."""
         if not self._collecting or self._confmat is None:
             return
         self._collecting = False
         matrix = self._confmat.compute().cpu()  # every rank: compute() synchronizes across processes
         pr_counts = self._pr.compute().cpu() if self._pr is not None else None  # likewise
+        bins = self._reliability.compute().cpu() if self._reliability is not None else None  # likewise
         self._read_cached_images(trainer)
         mistakes = self._gather_mistakes(trainer, pl_module)
         self._confmat, self._pr, self._mistakes = None, None, []
@@ -336,7 +358,7 @@ class TensorBoardReports(Callback):
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lit_transfer-reports")
         self._pending.append(
             self._executor.submit(
-                self._write_reports, logger.experiment, trainer.global_step, matrix, names, mistakes, pr_counts
+                self._write_reports, logger.experiment, trainer.global_step, matrix, names, mistakes, pr_counts, bins
             )
         )
         self._pending = [f for f in self._pending if not f.done()]
@@ -349,6 +371,7 @@ class TensorBoardReports(Callback):
         names: list[str],
         mistakes: list,
         pr_counts: torch.Tensor | None = None,
+        bins: torch.Tensor | None = None,
     ) -> None:
         try:
             cm = render_confusion_matrix(matrix, names)
@@ -357,6 +380,9 @@ class TensorBoardReports(Callback):
             writer.add_text(f"{TAG}/per_class", format_class_table(matrix, names), step)
             if pr_counts is not None:
                 self._write_pr_curves(writer, step, pr_counts.numpy(), names)
+            if bins is not None and bins[0].sum() > 0:
+                diagram = render_reliability_diagram(reliability(bins))
+                writer.add_image(f"{TAG}/reliability_diagram", np.asarray(diagram), step, dataformats="HWC")
             if not mistakes:
                 writer.add_text(f"{TAG}/top_mistakes_table", "no misclassified validation images", step)
                 return

@@ -483,6 +483,12 @@ class RunSummary(Callback):
         self._write_session(status)
         self._stop_clock()
 
+    def add_to_summary(self, trainer: pl.Trainer, **values: Any) -> None:
+        """Add ``values`` (plain types) to this fit's ``run_summary.json`` after the fit, e.g. its ``calibration``."""
+        if trainer.is_global_zero and self._folder is not None and self._summary.get("command") == "fit":
+            self._summary.update(values)
+            self._write(trainer, final=True)
+
     # --- test ------------------------------------------------------------------------------------------------------
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -17,6 +17,7 @@ from torch.optim import Optimizer
 
 from lit_transfer.callbacks import FeatureCache, RunCheckpoint, TensorBoardReports
 from lit_transfer.callbacks.projector import EmbeddingProjector
+from lit_transfer.cli.calibration import CALIBRATE_HELP, CalibrationMethod, calibrate_best_checkpoint
 from lit_transfer.cli.checkpoints import (
     CKPT_PATH_HINT,
     check_checkpoint_backbone,
@@ -98,6 +99,7 @@ class LitTransferCLI(LightningCLI):
         parser.add_argument(
             "--test_after_fit", type=bool, default=False, help="After fit, test the best checkpoint on the test split."
         )
+        parser.add_argument("--calibrate", type=CalibrationMethod | None, default=None, help=CALIBRATE_HELP)
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.add_lightning_class_args(FeatureCache, "cache_features")
         parser.add_lightning_class_args(TensorBoardReports, "reports")  # does nothing without a TensorBoard logger
@@ -354,7 +356,9 @@ class LitTransferCLI(LightningCLI):
             )
 
     def after_fit(self) -> None:
-        """Test the best checkpoint right away when ``--test_after_fit true``."""
+        """Calibrate the best checkpoint (``--calibrate temperature``), then test it (``--test_after_fit true``)."""
+        if cli_get(self, self.config, "calibrate", None) == "temperature":
+            calibrate_best_checkpoint(self.trainer, self.model, self.datamodule)
         if not cli_get(self, self.config, "test_after_fit", False):
             return
         callback = self.trainer.checkpoint_callback

@@ -4,13 +4,15 @@
 
 The model is rebuilt from the checkpoint alone (class, hyperparameters, weights; nothing is downloaded). The exported
 graph takes ``uint8`` RGB images ``(N, 3, image_size, image_size)`` with any batch size ``N``, normalizes them
-inside (as the model does) and returns two outputs: ``logits`` and ``probabilities`` (softmax over classes). Both are
-kept: probabilities are what most users want, logits are what calibration, ensembling and margins need, and the
-softmax costs nothing.
+inside (as the model does) and returns two outputs: ``logits`` and ``probabilities`` (softmax over classes of the
+logits divided by the model's ``temperature``: 1, or the one ``--calibrate temperature`` fitted). Both are kept:
+probabilities are what most users want, logits are what calibration, ensembling and margins need, and the softmax
+costs nothing.
 
 The file carries what a user needs besides the weights (:func:`build_metadata`): class names, input size, the eval
-resize size, mean/std, and for a RotNet model the angle of each class and the preprocessing of its data module's
-``predict`` view (``square``, ``low_pass``, ``decode_min_side``, ``rotation``: see :func:`rotation_preprocessing`).
+resize size, mean/std, the temperature, and for a RotNet model the angle of each class and the preprocessing of its
+data module's ``predict`` view (``square``, ``low_pass``, ``decode_min_side``, ``rotation``: see
+:func:`rotation_preprocessing`).
 ONNX stores them as ``metadata_props``, one JSON-encoded value per key; TorchScript as the extra file
 ``metadata.json`` (one JSON object with the same keys). :mod:`lit_transfer.inference` reads either and predicts on
 image files with that preprocessing.

@@ -29,12 +29,16 @@ _QUIET_WARNINGS: tuple[str, ...] = (
 class ExportModule(nn.Module):
     """``uint8`` NCHW images → ``(logits, probabilities)``: the model's normalization, backbone and head.
 
+    ``probabilities`` are ``softmax(logits / temperature)``, with the model's temperature (1 unless it was
+    calibrated with ``--calibrate temperature``); ``logits`` are the head's, undivided.
+
     The LightningModule itself is not traced: its ``trainer`` property raises outside a Trainer and its metrics have
     no place in an inference graph. The parity check compares this module's export with the model's own ``forward``.
     """
 
     mean: torch.Tensor  # buffers, registered in __init__
     std: torch.Tensor
+    temperature: torch.Tensor
 
     def __init__(self, model: TransferClassifier) -> None:
         super().__init__()
@@ -42,12 +46,13 @@ class ExportModule(nn.Module):
         self.head = model.head
         self.register_buffer("mean", model.mean.detach().clone())
         self.register_buffer("std", model.std.detach().clone())
+        self.register_buffer("temperature", model.temperature.detach().clone().float())
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and softmax probabilities of a ``uint8`` batch."""
+        """Logits and (calibrated) softmax probabilities of a ``uint8`` batch."""
         x = (images.float() / 255.0 - self.mean) / self.std
         logits = self.head(self.backbone(x))
-        return logits, logits.softmax(dim=1)
+        return logits, (logits / self.temperature).softmax(dim=1)
 
 
 @contextmanager

@@ -1,5 +1,8 @@
 """What an exported file carries besides its weights: class names, sizes, normalization, RotNet angles and views.
 
+``temperature`` is the model's (1 unless calibrated with ``--calibrate temperature``): the file's ``probabilities``
+output is ``softmax(logits / temperature)`` already; it is recorded for whoever uses the ``logits`` output.
+
 ONNX stores it as ``metadata_props``, one JSON-encoded value per key; TorchScript as the extra file
 ``metadata.json`` (one JSON object with the same keys). :mod:`lit_transfer.inference` reads either.
 """
@@ -110,6 +113,7 @@ def build_metadata(
         "crop_pct": pre.crop_pct,
         "mean": [float(v) for v in model.mean.flatten()],
         "std": [float(v) for v in model.std.flatten()],
+        "temperature": float(model.temperature),  # probabilities = softmax(logits / temperature)
         "input": {
             "name": INPUT_NAME,
             "dtype": "uint8",

@@ -49,6 +49,8 @@ def check_parity(
 ) -> dict[str, float]:
     """Largest absolute difference per output between the exported file and ``model.forward`` (+ softmax).
 
+    The expected probabilities are the model's: ``softmax(logits / temperature)``.
+
     A NaN difference counts as infinite.
 
     Raises:
@@ -62,7 +64,7 @@ def check_parity(
     for batch in sample_batches(image_size, batch_sizes):
         with torch.no_grad():
             logits = model(torch.from_numpy(batch))
-        expected = (logits.numpy(), logits.softmax(dim=1).numpy())
+        expected = (logits.numpy(), model.calibrated(logits).softmax(dim=1).numpy())
         try:
             outputs = run(batch)
         except Exception as err:

@@ -131,6 +131,7 @@ class TransferClassifier(EpochMetricsModule):
     mean: torch.Tensor  # buffers, registered in __init__
     std: torch.Tensor
     class_weight: torch.Tensor
+    temperature: torch.Tensor  # softmax(logits / temperature): see calibrated()
 
     def __init__(
         self,
@@ -198,6 +199,10 @@ class TransferClassifier(EpochMetricsModule):
             raise ValueError(f"model.class_weights has {len(class_weights)} values for {num_classes} classes")
         given = torch.tensor(class_weights, dtype=torch.float32) if isinstance(class_weights, list) else None
         self.register_buffer("class_weight", given if given is not None else torch.ones(num_classes))
+        # the model's probabilities are softmax(logits / temperature): 1 until --calibrate temperature fits it after
+        # training (lit_transfer.models.calibration); no loss and no arg-max sees it
+        self.register_buffer("temperature", torch.ones(()))
+        self.register_load_state_dict_pre_hook(_default_temperature)  # checkpoints from before calibration
         self.init_epoch_metrics(num_classes)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self._compiled = False
@@ -322,7 +327,9 @@ class TransferClassifier(EpochMetricsModule):
                 # Checked when the metrics are flushed (and before any checkpoint is written), not every step: a
                 # per-step check would make the host wait for the device at every step.
                 self._metric_buffer.defer_check(loss.detach(), indices, self.global_step, self.current_epoch)
-        self._buffer(stage, logits.detach(), y, loss.detach())
+        # the metrics (val_ece) see the model's probabilities; val_loss stays the raw logits' (comparable between runs)
+        scores = logits.detach() if stage == "train" else self.calibrated(logits.detach())
+        self._buffer(stage, scores, y, loss.detach())
         return loss, logits
 
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor | None:
@@ -340,7 +347,7 @@ class TransferClassifier(EpochMetricsModule):
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """Class probabilities and the dataset indices of the batch's files."""
-        return {"probs": self.logits(batch).softmax(dim=1), "index": batch[1]}
+        return {"probs": self.calibrated(self.logits(batch)).softmax(dim=1), "index": batch[1]}
 
     # --- optimization ---------------------------------------------------------------------------------------------
 
@@ -415,6 +422,7 @@ class TransferClassifier(EpochMetricsModule):
         """Print and log the trainable/frozen parameter table (frozen parts are in eval mode on purpose: no warning)."""
         quiet_eval_mode_warning(self.trainer.fit_loop)
         self._log_parameter_table()
+        self._reset_temperature()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store what a user of the checkpoint needs to know, as plain types; never save after a NaN loss."""
@@ -427,6 +435,7 @@ class TransferClassifier(EpochMetricsModule):
             "image_size": data.image_size if data is not None else None,
             "preprocessing": self._preprocessing_record(data),
             "manifest_hash": data.manifest_hash if data is not None else None,
+            "temperature": float(self.temperature),
         }
 
     def _preprocessing_record(self, data: Any) -> dict[str, Any] | None:

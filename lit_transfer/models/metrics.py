@@ -19,13 +19,18 @@ from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from lit_transfer.core.contract import trainer_data_info
+from lit_transfer.models.calibration import ECE_BINS, SoftmaxCalibrationError
 
 STAGES: tuple[str, ...] = ("train", "val", "test")
 METRIC_FLUSH_BATCHES = 32  # batches whose metric inputs are buffered before one torchmetrics update
 
 
 def stage_metrics(num_classes: int) -> nn.ModuleDict:
-    """``<stage>_metrics`` collections (accuracy, macro F1, top-5 accuracy above five classes) for every stage."""
+    """``<stage>_metrics`` collections (accuracy, macro F1, top-5 accuracy above five classes) for every stage.
+
+    Validation and test add the expected calibration error (``val_ece``, ``test_ece``: 15 bins, L1), which keeps two
+    numbers per image until the epoch ends; training images are augmented, and their calibration is not the model's.
+    """
     # Input validation would make the host wait for the device at each update; cross_entropy already checked the
     # targets.
     metrics: dict[str, Metric | MetricCollection] = {
@@ -37,7 +42,11 @@ def stage_metrics(num_classes: int) -> nn.ModuleDict:
     # compute_groups would merge metrics whose states are equal after the first update: a first batch that is all
     # correct at top-1 makes macro F1 and top-5 accuracy look alike, and val_f1 then reports top-5 counts.
     base = MetricCollection(metrics, compute_groups=False)
-    return nn.ModuleDict({f"{s}_metrics": base.clone(prefix=f"{s}_") for s in STAGES})
+    collections = {f"{s}_metrics": base.clone(prefix=f"{s}_") for s in STAGES}
+    for stage in ("val", "test"):
+        ece = SoftmaxCalibrationError(num_classes, n_bins=ECE_BINS, norm="l1", validate_args=False)
+        collections[f"{stage}_metrics"].add_metrics({"ece": ece})
+    return nn.ModuleDict(collections)
 
 
 def stage_losses() -> nn.ModuleDict:
