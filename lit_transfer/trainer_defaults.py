@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lit_transfer.callbacks import EmbeddingProjector, PredictionWriter, RunCheckpoint, TensorBoardReports
 from lit_transfer.callbacks.checkpoint import AsyncAtomicCheckpointIO
 from lit_transfer.callbacks.data_check import UnreadableDataCheck
+from lit_transfer.callbacks.ema import WeightEMA
 from lit_transfer.callbacks.progress import ThrottledProgressBar
 from lit_transfer.callbacks.reproducibility import EpochSeeder
 from lit_transfer.callbacks.run_summary import RunSummary
@@ -74,6 +75,7 @@ def build_trainer(
     seed: int | bool | None = 42,
     callbacks: Sequence[Callback] = (),
     checkpoint: dict[str, Any] | None = None,
+    ema: bool | dict[str, Any] = False,
     reports: bool = True,
     projector: bool = True,
     callbacks_after: Sequence[Callback] = (),
@@ -82,7 +84,8 @@ def build_trainer(
     """A Trainer as ``python -m lit_transfer fit`` builds it, for code that trains without the command line.
 
     ``callbacks`` come first (as ``trainer.callbacks`` of a config), then ``RunCheckpoint`` (:data:`CHECKPOINT_DEFAULTS`
-    updated with ``checkpoint``), ``TensorBoardReports`` (unless ``reports`` is false), ``EmbeddingProjector``
+    updated with ``checkpoint``), ``WeightEMA`` (enabled when ``ema`` is true or a dict of its options such as
+    ``{"decay": 0.99}``), ``TensorBoardReports`` (unless ``reports`` is false), ``EmbeddingProjector``
     (unless ``projector`` is false), the
     :func:`default_callbacks`, and ``callbacks_after`` (Lightning still moves the checkpoint callback to the very
     end). The logger is :func:`run_logger` unless ``trainer_kwargs`` give one; the plugins gain
@@ -95,6 +98,7 @@ def build_trainer(
     if plugins is not None:
         kwargs["plugins"] = plugins
     chosen: list[Callback] = [*callbacks, RunCheckpoint(**{**CHECKPOINT_DEFAULTS, **(checkpoint or {})})]
+    chosen.append(WeightEMA(**({"enabled": True, **ema} if isinstance(ema, dict) else {"enabled": ema})))
     if reports:
         chosen.append(TensorBoardReports())
     if projector:

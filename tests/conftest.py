@@ -38,6 +38,12 @@ def make_tree(
     return root
 
 
+@pytest.fixture(scope="session")
+def tree_maker() -> Callable[..., Path]:
+    """:func:`make_tree` itself, for module-scoped fixtures (a test module cannot import a conftest by name)."""
+    return make_tree
+
+
 @pytest.fixture
 def image_tree(tmp_path: Path) -> Path:
     """Three colour classes of eight 40x48 PNGs each."""

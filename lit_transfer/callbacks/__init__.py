@@ -1,6 +1,7 @@
 """Lightning callbacks of lit_transfer."""
 
 from lit_transfer.callbacks.checkpoint import RunCheckpoint
+from lit_transfer.callbacks.ema import WeightEMA
 from lit_transfer.callbacks.feature_cache import FeatureCache
 from lit_transfer.callbacks.predictions import PredictionWriter
 from lit_transfer.callbacks.projector import EmbeddingProjector as EmbeddingProjector
@@ -15,4 +16,5 @@ __all__ = [
     "RunCheckpoint",
     "RunSummary",
     "TensorBoardReports",
+    "WeightEMA",
 ]

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.optim import Optimizer
 
 from lit_transfer.callbacks import FeatureCache, RunCheckpoint, TensorBoardReports
+from lit_transfer.callbacks.ema import WeightEMA
 from lit_transfer.callbacks.projector import EmbeddingProjector
 from lit_transfer.cli.calibration import CALIBRATE_HELP, CalibrationMethod, calibrate_best_checkpoint
 from lit_transfer.cli.checkpoints import (
@@ -102,6 +103,7 @@ class LitTransferCLI(LightningCLI):
         parser.add_argument("--calibrate", type=CalibrationMethod | None, default=None, help=CALIBRATE_HELP)
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.add_lightning_class_args(FeatureCache, "cache_features")
+        parser.add_lightning_class_args(WeightEMA, "ema")  # before reports/projector: at fit's end they see the EMA
         parser.add_lightning_class_args(TensorBoardReports, "reports")  # does nothing without a TensorBoard logger
         parser.add_lightning_class_args(EmbeddingProjector, "projector")  # likewise
         parser.set_defaults({f"checkpoint.{key}": value for key, value in CHECKPOINT_DEFAULTS.items()})
