@@ -1,9 +1,9 @@
 """The ``lit_transfer`` command line.
 
-``app`` (LitTransferCLI: LightningCLI with run folders, default callbacks and data → model links), ``checkpoints``
-(``--ckpt_path`` resolved and checked before anything is built), ``checks`` (mistakes found before training),
-``parsing`` (config files, the default optimizer, did-you-mean flags), ``messages`` (what is silenced, loader hints)
-and ``main`` (the commands and their exit statuses).
+``app`` (LitTransferCLI: LightningCLI with run folders, default callbacks and data → model links), ``calibration``
+(``--calibrate temperature`` after fit), ``checkpoints`` (``--ckpt_path`` resolved and checked before anything is
+built), ``checks`` (mistakes found before training), ``parsing`` (config files, the default optimizer, did-you-mean
+flags), ``messages`` (what is silenced, loader hints) and ``main`` (the commands and their exit statuses).
 """
 
 from lit_transfer.cli.app import DEFAULT_SEED, LitTransferCLI

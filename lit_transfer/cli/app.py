@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from lit_transfer.cli.checks import (
 )
 from lit_transfer.cli.parsing import command_options, config_file_problem, with_default_optimizer
 from lit_transfer.cli.preprocessing import link_preprocessing
+from lit_transfer.cli.recipes import RECIPE_HELP, RecipeName, with_recipe
 from lit_transfer.commands import COMMANDS
 from lit_transfer.config_errors import explain
 from lit_transfer.core.checkpoints import checkpoint_error, load_checkpoint
@@ -97,6 +99,7 @@ class LitTransferCLI(LightningCLI):
         """Run-folder options, the default checkpointing, optimizer/scheduler injection and data → model links."""
         parser.add_argument("--experiment", type=str | None, default=None, help="Run name; default: the config's name.")
         parser.add_argument("--runs_dir", type=str, default="runs", help="Folder holding one folder per experiment.")
+        parser.add_argument("--recipe", type=RecipeName | None, default=None, help=RECIPE_HELP)
         parser.add_argument(
             "--test_after_fit", type=bool, default=False, help="After fit, test the best checkpoint on the test split."
         )
@@ -133,7 +136,19 @@ class LitTransferCLI(LightningCLI):
             action.add_subcommand(name, placeholder, help=command.summary)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """Parse the command line; a bad key or value is one configuration error naming it (and what is valid)."""
+        """Parse the command line; a bad key or value is one configuration error naming it (and what is valid).
+
+        A ``--recipe`` (or a config file's ``recipe:``) becomes the first config file, under everything the user gives.
+        """
+        try:
+            expanded = with_recipe(args, self.subcommands())
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if args is None and expanded is not None:
+            # the command line itself, so Lightning's DDP launcher starts the other processes with the same settings
+            sys.argv[1:] = expanded
+        else:
+            args = expanded
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:

@@ -15,6 +15,7 @@ from lit_transfer.cli.messages import loader_hint, quiet_lightning
 from lit_transfer.cli.parsing import config_hint
 from lit_transfer.commands import COMMANDS
 from lit_transfer.commands import run as run_command
+from lit_transfer.commands.lr_find import with_auto_lr
 from lit_transfer.core.errors import CheckpointMismatchError, ConfigError
 from lit_transfer.core.run_folder import keep_reserved, release_unused
 from lit_transfer.data.images import BadImageError
@@ -39,6 +40,12 @@ def main(args: list[str] | None = None) -> None:
         if argv and argv[0] in COMMANDS:
             run_command(argv[0], argv[1:])
             return
+        if argv and argv[0] == "fit":
+            resolved = with_auto_lr(argv)  # --optimizer.lr auto: the range test's suggestion
+            if resolved != argv and args is None:
+                sys.argv[1:] = resolved  # Lightning's DDP launcher starts the other processes with this command line
+            elif resolved != argv:
+                args = resolved
         LitTransferCLI(args=args)
     except (ConfigError, CheckpointMismatchError) as err:
         release_unused()

@@ -15,17 +15,22 @@ Lightning's temporary checkpoint lives in a temporary folder that is deleted aft
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 from PIL import Image, ImageDraw
 
 from lit_transfer.cli.app import LitTransferCLI
+from lit_transfer.cli.checkpoints import checkpoint_state, experiment_checkpoint
+from lit_transfer.cli.checks import experiment_from_files
 from lit_transfer.core.errors import ConfigError
 from lit_transfer.core.fonts import font as _font
+from lit_transfer.core.launch import launch_rank
 
 PROG = "lit_transfer lr-find"
 HELP = (
@@ -203,3 +208,100 @@ def main(argv: Sequence[str]) -> None:
     else:
         print(f"lr-find: suggested learning rate {result.suggestion:.3g} (--optimizer.lr {result.suggestion:.3g})")
     print(f"lr-find: wrote {result.png} and TensorBoard events in {result.events}")
+
+
+# --- ``fit --optimizer.lr auto`` ---------------------------------------------------------------------------------
+
+_LR_FLAGS = ("--optimizer.lr", "--optimizer.init_args.lr")
+
+
+def _auto_lr_flag(argv: Sequence[str]) -> tuple[list[str], int | None, str]:
+    """``argv`` without its ``--optimizer.lr auto``, where that stood and the flag's spelling (``None``: absent)."""
+    args = list(argv)
+    for i, arg in enumerate(args):
+        if arg in _LR_FLAGS and i + 1 < len(args) and args[i + 1] == "auto":
+            return [*args[:i], *args[i + 2 :]], i, arg
+        flag, _, value = arg.partition("=")
+        if flag in _LR_FLAGS and value == "auto":
+            return [*args[:i], *args[i + 1 :]], i, flag
+    return args, None, ""
+
+
+def _last_value(argv: Sequence[str], flag: str, files_key: str | None = None) -> str | None:
+    """The last value of ``flag`` on the command line, else of the top-level ``files_key`` of its config files."""
+    value: str | None = None
+    for arg, nxt in zip(argv, [*argv[1:], ""], strict=True):
+        if arg == flag:
+            value = nxt
+        elif arg.startswith(flag + "="):
+            value = arg.partition("=")[2]
+    if value is not None or files_key is None:
+        return value
+    for name in _config_files(argv):
+        content = _yaml_file(name)
+        if isinstance(content, dict) and content.get(files_key) is not None:
+            value = str(content[files_key])
+    return value
+
+
+def _config_files(argv: Sequence[str]) -> list[str]:
+    files = [b for a, b in zip(argv, [*argv[1:], ""], strict=True) if a in ("--config", "-c")]
+    return files + [a.partition("=")[2] for a in argv if a.startswith(("--config=", "-c="))]
+
+
+def _yaml_file(name: str) -> object:
+    try:
+        return yaml.safe_load(Path(name).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError):
+        return None
+
+
+def _checkpoint_lr(argv: Sequence[str], ckpt: str) -> float:
+    """The learning rate the checkpoint's run used (a resumed run keeps it; its optimizer state holds it anyway)."""
+    if ckpt in ("last", "best"):
+        experiment = _last_value(argv, "--experiment", "experiment") or experiment_from_files(_config_files(argv))
+        runs = Path(_last_value(argv, "--runs_dir", "runs_dir") or "runs") / experiment
+        ckpt = str(experiment_checkpoint(runs, ckpt, "fit"))
+    state = checkpoint_state(ckpt) or {}
+    optimizer = (state.get("hyper_parameters") or {}).get("optimizer") or {}
+    lr = (optimizer.get("init_args") or {}).get("lr") if isinstance(optimizer, dict) else None
+    if not isinstance(lr, int | float):
+        raise ConfigError(
+            f"--optimizer.lr auto with --ckpt_path {ckpt}: the checkpoint records no learning rate to resume with; "
+            "give the run's --optimizer.lr"
+        )
+    return float(lr)
+
+
+def with_auto_lr(argv: Sequence[str]) -> list[str]:
+    """``fit``'s arguments with ``--optimizer.lr auto`` replaced by the learning rate the range test suggests.
+
+    The test runs as ``lr-find`` does (its defaults; plot and TensorBoard events beside the experiment's runs). The
+    caller puts the result on the command line, so the DDP processes Lightning's launcher starts get the number, not
+    ``auto``. A resumed fit (``--ckpt_path``) keeps the checkpoint's learning rate and searches nothing. Under
+    torchrun or SLURM every process would search on its own, so ``auto`` is refused there.
+    """
+    args = list(argv)
+    rest, at, flag = _auto_lr_flag(args[1:])
+    if not args or args[0] != "fit" or at is None:
+        return args
+    external = "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1
+    ckpt = _last_value(rest, "--ckpt_path")
+    if external or launch_rank() != 0:
+        raise ConfigError(
+            "--optimizer.lr auto: under torchrun or SLURM each process would run its own range test; run "
+            "python -m lit_transfer lr-find with the same config once and pass its suggestion as --optimizer.lr"
+        )
+    if ckpt:
+        lr = _checkpoint_lr(rest, ckpt)
+        print(f"lr-find: resuming with the checkpoint's learning rate {lr:.3g} (--optimizer.lr auto searches no more)")
+    else:
+        result = run_lr_find(rest)
+        if result.suggestion is None:
+            raise ConfigError(
+                f"--optimizer.lr auto: the range test found no suggestion (too few finite losses in "
+                f"{len(result.losses)} steps, plot in {result.png}); give --optimizer.lr"
+            )
+        lr = result.suggestion
+        print(f"lr-find: --optimizer.lr auto is {lr:.3g} (plot: {result.png})")
+    return ["fit", *rest[:at], flag, repr(lr), *rest[at:]]
