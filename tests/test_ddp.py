@@ -118,21 +118,6 @@ def test_two_processes_predict_every_file_once(uneven_tree: Path, tmp_path: Path
     assert sorted(Path(r["path"]).name for r in rows) == sorted(p.name for p in (uneven_tree / "green").iterdir())
 
 
-def test_gradual_unfreezing_and_resume_under_ddp(uneven_tree: Path, tmp_path: Path) -> None:
-    extra = (*DDP2, "--model.backbone", "resnet18", "--model.freeze", "backbone", "--model.unfreeze_at_epoch", "1",
-             "--checkpoint.save_top_k", "-1", "--checkpoint.monitor", "null")  # fmt: skip
-    run(["fit", *base_args(uneven_tree, *extra, epochs=1)], tmp_path)
-    ckpts = tmp_path / "runs/ddp/version_0/checkpoints"
-    first = torch.load(ckpts / "last.ckpt", weights_only=True)
-    run(["fit", *base_args(uneven_tree, *extra, epochs=2), "--ckpt_path", "last"], tmp_path)
-    second = torch.load(ckpts / "last.ckpt", weights_only=True)
-    assert second["epoch"] == 1
-    key = "backbone.layer1.0.conv1.weight"
-    assert not torch.equal(first["state_dict"][key], second["state_dict"][key])  # thawed at epoch 1, and synced
-    groups = second["optimizer_states"][0]["param_groups"]
-    assert [g["name"] for g in groups] == ["head", "backbone"]
-
-
 def test_two_simulated_nodes(uneven_tree: Path, tmp_path: Path) -> None:
     port = str(free_port())
     args = [
@@ -221,3 +206,76 @@ def test_feature_cache_under_ddp_matches_uncached(uneven_tree: Path, tmp_path: P
         rows = list(csv.DictReader(f))
     assert sorted(Path(r["path"]).name for r in rows) == sorted(p.name for p in (uneven_tree / "green").iterdir())
     assert sorted(p.name.split("-")[0] for p in cache.iterdir()) == ["predict", "train", "val"]
+
+
+# --- every recipe switch at once (issue 18): the fine_tune recipe (gradual unfreezing, layer-wise lr decay, the
+# schedule restarted), EMA, mixup and cutmix, TrivialAugment, --calibrate temperature; TTA for validate. The same
+# switches with the user's loader workers and progress bar: tests/userpath/test_recipe_resume.py
+
+SWITCHES = (
+    "--recipe", "fine_tune",
+    "--model.backbone", "resnet18",
+    "--ema.enabled", "true", "--ema.decay", "0.9",
+    "--model.mixup_alpha", "0.4", "--model.cutmix_alpha", "0.4",
+    "--data.augmentation", "trivialaugment",
+    "--calibrate", "temperature",
+)  # fmt: skip
+
+
+def tensors(ckpt: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint that training determines: weights, EMA, live weights, optimizer state."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    found: dict[str, torch.Tensor] = {}
+
+    def walk(value: object, key: str) -> None:
+        if isinstance(value, torch.Tensor):
+            found[key] = value
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}/{k}")
+        elif isinstance(value, list | tuple):
+            for i, v in enumerate(value):
+                walk(v, f"{key}/{i}")
+
+    for part in ("state_dict", "current_model_state", "optimizer_states", "lr_schedulers"):
+        walk(state.get(part), part)
+    assert any(k.startswith("current_model_state") for k in found), "no live weights beside the EMA"
+    return found
+
+
+def test_every_switch_resumes_bitwise_and_evaluates_as_one_process_under_ddp(uneven_tree: Path, tmp_path: Path) -> None:
+    # the schedule spans the run (cosine, restarted at the unfreeze), so the resumed run must be the same 2-epoch run:
+    # it starts from the straight run's epoch-0 checkpoint
+    keep = ("--checkpoint.save_top_k", "-1")
+    run(["fit", *base_args(uneven_tree, *DDP2, *SWITCHES, *keep, epochs=2, experiment="straight")], tmp_path)
+    straight = tmp_path / "runs/straight/version_0"
+    (first,) = (straight / "checkpoints").glob("epoch000*.ckpt")
+    run(["fit", *base_args(uneven_tree, *DDP2, *SWITCHES, epochs=2, experiment="resumed"), "--ckpt_path", str(first)],
+        tmp_path)  # fmt: skip
+    a = tensors(straight / "checkpoints/last.ckpt")
+    b = tensors(tmp_path / "runs/resumed/version_0/checkpoints/last.ckpt")
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"{len(differ)} tensors differ after the resume, first {differ[:3]}"
+    groups = torch.load(straight / "checkpoints/last.ckpt", weights_only=True)["optimizer_states"][0]["param_groups"]
+    assert len(groups) > 2  # layer decay: a group per backbone stage
+    # frozen in epoch 0 (the parameters stay in the optimizer from the start), thawed at epoch 1 and synchronised:
+    # the resumed processes could only agree bitwise with the straight ones if every rank trained them alike
+    key = "current_model_state/backbone.layer1.0.conv1.weight"
+    assert not torch.equal(tensors(first)[key], a[key])
+
+    # calibration on both ranks' validation images: one temperature in the best checkpoint, ECE not worse
+    best = torch.load(straight / "checkpoints/best.ckpt", weights_only=True)
+    calibration = best["lit_transfer"]["calibration"]
+    assert best["state_dict"]["temperature"].item() == pytest.approx(best["lit_transfer"]["temperature"])
+    assert calibration["ece_after"] <= calibration["ece_before"] + 1e-6
+
+    # test-time augmentation: two processes validate exactly as one
+    ckpt = str(straight / "checkpoints/best.ckpt")
+    tta = ("--data.tta", "ten_crop", "--ckpt_path", ckpt)
+    run(["validate", *base_args(uneven_tree, *SWITCHES, *tta, experiment="one")], tmp_path)
+    run(["validate", *base_args(uneven_tree, *DDP2, *SWITCHES, *tta, experiment="two")], tmp_path)
+    one = scalars(tmp_path / "runs/one/evaluations/validate_0")
+    two = scalars(tmp_path / "runs/two/evaluations/validate_0")
+    for key in ("val_acc", "val_loss", "val_ece"):
+        assert two[key] == pytest.approx(one[key], abs=1e-6), key

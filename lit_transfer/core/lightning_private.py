@@ -102,3 +102,14 @@ def quiet_eval_mode_warning(fit_loop: Any) -> None:
             check()
 
     fit_loop._warn_if_modules_in_eval_mode = quiet
+
+
+def forget_train_loader(trainer: pl.Trainer) -> None:
+    """``fit_loop._combined_loader = None``: the training loader is built again when training starts.
+
+    A schedule sized in ``configure_optimizers`` has the fit loop build the training loader early, before a resumed
+    run's progress is restored; that loader's sampler then starts at epoch 0, and with loader workers (which draw
+    their first indices when the iterator is made) the first resumed epoch would replay epoch 0's order and
+    augmentations. Lightning has no public way to drop a loader it holds.
+    """
+    trainer.fit_loop._combined_loader = None

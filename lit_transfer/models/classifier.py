@@ -16,6 +16,7 @@ from typing import Any, Literal, cast
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_transfer.core.batches import FeatureBatch
@@ -446,10 +447,26 @@ class TransferClassifier(EpochMetricsModule):
         return pre.to_dict() | {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint whose classes differ from this model's."""
+        """Refuse a checkpoint whose classes differ from this model's; resuming fit, start uncalibrated.
+
+        The temperature is reset in the checkpoint itself, before the callbacks read it: the EMA callback takes its
+        average from ``state_dict``, and a calibrated one would carry the fitted temperature into training.
+        """
         saved = checkpoint.get("lit_transfer", {}).get("class_names")
         if saved is not None and list(saved) != list(self.class_names):
             raise CheckpointMismatchError(
                 f"the checkpoint was trained on classes {saved}, but the data has {self.class_names}; "
                 "use the data the checkpoint was trained on"
             )
+        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            for key in ("state_dict", "current_model_state"):  # the live weights beside an EMA: current_model_state
+                weights = checkpoint.get(key)
+                if isinstance(weights, dict) and isinstance(weights.get("temperature"), torch.Tensor):
+                    weights["temperature"] = torch.ones_like(weights["temperature"])
+
+
+def _default_temperature(module: Any, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """A state dict from before calibration existed loads with temperature 1 (a ``load_state_dict`` pre-hook)."""
+    key = f"{prefix}temperature"
+    if key not in state_dict and any(k.startswith(f"{prefix}head.") for k in state_dict):
+        state_dict[key] = torch.ones(())

@@ -33,6 +33,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.optim import Optimizer
 from torch.optim import lr_scheduler as torch_schedulers
 
+from lit_transfer.core.lightning_private import forget_train_loader
+
 # Schedulers whose natural unit is the optimizer step (the batch); any other scheduler is stepped once per epoch.
 STEP_WISE: tuple[type, ...] = (torch_schedulers.OneCycleLR, torch_schedulers.CyclicLR)
 # Absolute learning rates given as one number for all groups; scaled per group (see ``_scale_per_group``).
@@ -54,12 +56,16 @@ class StepCounts:
 
 def step_counts(trainer: pl.Trainer) -> StepCounts:
     """Optimizer steps per epoch and in all, from the trainer's training loader and limits."""
-    if trainer.train_dataloader is None:
+    built_here = trainer.train_dataloader is None
+    if built_here:
         # estimated_stepping_batches loads the loader itself, except when max_epochs is -1 (it returns max_steps)
         trainer.fit_loop.setup_data()
     batches = trainer.num_training_batches
     per_epoch = math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else math.inf
-    return StepCounts(per_epoch=per_epoch, total=trainer.estimated_stepping_batches)
+    counts = StepCounts(per_epoch=per_epoch, total=trainer.estimated_stepping_batches)
+    if built_here and trainer.ckpt_path is not None:
+        forget_train_loader(trainer)  # a resumed run's loader must start at the restored epoch: built again later
+    return counts
 
 
 def warmup_steps(warmup_epochs: float, per_epoch: float, total: float) -> int:
