@@ -186,12 +186,19 @@ def test_without_a_run_folder_nothing_is_written_to_the_working_directory(
     main(fit_args(root, experiment="nofolder"))
     ckpt = in_tmp / "runs" / "nofolder" / "version_0" / "checkpoints" / "last.ckpt"
     (in_tmp / "predictions.csv").write_text("the user's own file\n")
+    (in_tmp / "config.yaml").write_text("the user's own config\n")
+    # a fit without a logger keeps its config.yaml and checkpoints in its run folder, never the working directory
+    main([*fit_args(root, experiment="nofolder"), "--trainer.logger", "false"])
+    unlogged = in_tmp / "runs" / "nofolder" / "version_1"
+    assert (unlogged / "config.yaml").is_file() and (unlogged / "checkpoints" / "last.ckpt").is_file()
+    assert not (in_tmp / "checkpoints").exists()
     predict = ["predict", *fit_args(root, experiment="nofolder")[1:], "--ckpt_path", str(ckpt)]
     predict += ["--data.predict_dir", str(root / "red")]
     for switch in (["--trainer.fast_dev_run", "true"], ["--trainer.logger", "false"]):
         with pytest.warns(UserWarning, match="predictions.csv not written"):
             main([*predict, *switch])
         assert (in_tmp / "predictions.csv").read_text() == "the user's own file\n"
+        assert (in_tmp / "config.yaml").read_text() == "the user's own config\n"
         assert not list(in_tmp.glob("split_manifest.csv")) and not list(in_tmp.glob("bad_images.csv"))
     main(predict)  # with its run folder: written there
     assert (in_tmp / "runs" / "nofolder" / "version_0" / "predict_0" / "predictions.csv").is_file()

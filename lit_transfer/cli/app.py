@@ -309,6 +309,16 @@ class LitTransferCLI(LightningCLI):
             kwargs.setdefault("logger", run_logger(runs_dir, self._experiment_name(), version))
         elif config.get("logger") is None:
             kwargs.setdefault("logger", self._evaluation_logger(str(runs_dir), bool(config.get("fast_dev_run"))))
+        elif config.get("logger") is False and not config.get("default_root_dir"):
+            # without a logger Lightning writes config.yaml and checkpoints into the working directory, where they
+            # would overwrite a user's own config.yaml: a fit's go to its run folder as with a logger; an evaluation
+            # without a logger writes no file at all (as for its predictions.csv)
+            if self.subcommand in (None, "fit"):
+                version = self._run_version(version)
+                if version is not None:
+                    kwargs.setdefault("default_root_dir", str(self._runs() / f"version_{version}"))
+            else:
+                self.save_config_callback = None
         plugins = with_checkpoint_io(config.get("plugins"))
         if plugins is not None:
             kwargs.setdefault("plugins", plugins)
