@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import functools
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -239,3 +241,30 @@ def test_experiments_are_named_by_their_config_and_evaluations_stay_with_their_r
     elsewhere.write_bytes(ckpt.read_bytes())
     main(["test", "--config", str(experiment), *no_name, "--ckpt_path", str(elsewhere)])
     assert list((runs / "digits_probe" / "evaluations" / "test_0").glob("events.out.tfevents.*"))
+
+
+def test_last_ckpt_is_a_copy_of_the_steps_top_k_file_whose_contents_a_second_save_would_repeat(
+    image_tree: Path, in_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lit_transfer.callbacks.checkpoint import RunCheckpoint, same_state
+
+    args = ["fit", *tiny_args(image_tree, "--checkpoint.save_top_k", "-1", "--data.augmentation", "none", epochs=2)]
+    main(args)
+    ckpts = run_dir(in_tmp) / "checkpoints"
+    (second,) = ckpts.glob("epoch001*.ckpt")
+    # one snapshot and serialization for both, two files (damage to one leaves the other)
+    assert (ckpts / "last.ckpt").read_bytes() == second.read_bytes()
+    assert not os.path.samefile(ckpts / "last.ckpt", second)
+    (first,) = ckpts.glob("epoch000*.ckpt")
+    assert (ckpts / "last.ckpt").read_bytes() != first.read_bytes()
+    # the same run saving last.ckpt separately writes exactly the contents the link shares
+    monkeypatch.setattr(RunCheckpoint, "_twin", lambda self, trainer, filepath: None)
+    main(args)
+    ckpts = run_dir(in_tmp, 1) / "checkpoints"
+    (second,) = ckpts.glob("epoch001*.ckpt")
+    assert (ckpts / "last.ckpt").read_bytes() != second.read_bytes()  # serialized twice
+    load = functools.partial(torch.load, map_location="cpu", weights_only=True)
+    separate, linked = load(ckpts / "last.ckpt"), load(second)
+    for state in (separate, linked):  # the run's wall-clock total moves on by the milliseconds between two saves
+        assert state["callbacks"]["RunSummary"].pop("wall_time_s") > 0
+    assert same_state(separate, linked)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -21,12 +22,24 @@ from lit_transfer.core.lightning_private import (
     checkpoint_schedule,
     dump_checkpoint,
     last_saved_step,
+    mark_saved,
     save_last,
     saves_on_train_epoch_end,
     skips_saving,
 )
 
 INTERRUPTED_NAME = "interrupted"
+
+
+def same_state(a: Any, b: Any) -> bool:
+    """Whether two ``state_dict`` values are equal (tensors by value; nested dicts and lists)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(same_state(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -37,6 +50,11 @@ class RunCheckpoint(ModelCheckpoint):
 
     Lightning 2.6 refreshes ``last.ckpt`` only when a top-k checkpoint was saved in the same step, so an epoch that
     does not improve the monitored metric would leave ``last.ckpt`` behind and a resume would repeat that epoch.
+
+    When a top-k checkpoint was just saved at the same step with the same state, ``last.ckpt`` is written as a byte
+    copy of it rather than from a second snapshot and serialization of the same weights and optimizer state
+    (``benchmarks/RESULTS.md``, small-data fit); the two would differ only in the milliseconds of wall time
+    ``RunSummary`` counts between saves. They stay two files, so damage to one leaves the other.
     """
 
     @property
@@ -78,12 +96,35 @@ class RunCheckpoint(ModelCheckpoint):
         super().load_state_dict(state_dict)
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        # a private hook of ModelCheckpoint (see lit_transfer.core.lightning_private): after every save
-        super()._save_checkpoint(trainer, filepath)
+        # a private hook of ModelCheckpoint (see lit_transfer.core.lightning_private): every save goes through it
+        twin = self._twin(trainer, filepath)
+        if twin is not None:
+            # last.ckpt right after this step's top-k checkpoint, with the same state: a byte copy of that file, not
+            # a second snapshot and serialization of weights and optimizer state (the copy releases the GIL)
+            if trainer.is_global_zero:
+                trainer.strategy.checkpoint_io.copy_checkpoint(twin, filepath)  # type: ignore[attr-defined]
+            mark_saved(self, trainer, filepath)
+        else:
+            super()._save_checkpoint(trainer, filepath)
+            self._saved_state = (trainer.global_step, filepath, self.state_dict())
         if filepath == self.best_model_path and self.dirpath is not None and trainer.is_global_zero:
             checkpoint_io = trainer.strategy.checkpoint_io
             if isinstance(checkpoint_io, AtomicCheckpointIO) and "://" not in str(filepath):
                 checkpoint_io.link_checkpoint(filepath, os.path.join(self.dirpath, BEST_NAME + self.FILE_EXTENSION))
+
+    def _twin(self, trainer: pl.Trainer, filepath: str) -> str | None:
+        """The checkpoint saved at this step whose contents ``filepath`` (``last.ckpt``) would repeat, if any.
+
+        Only when this callback's state (the top-k record, ``last_model_path``) is what it was at that save, which
+        holds from the second epoch on (the first top-k save precedes the first ``last_model_path``); never for
+        remote paths or a checkpoint IO without links.
+        """
+        saved = getattr(self, "_saved_state", None)
+        if saved is None or saved[0] != trainer.global_step or saved[1] == filepath or filepath != self.last_model_path:
+            return None
+        if "://" in str(filepath) or not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+            return None
+        return str(saved[1]) if same_state(saved[2], self.state_dict()) else None
 
     def _refresh_last(self, trainer: pl.Trainer) -> None:
         if self.save_last and last_saved_step(self) != trainer.global_step:

@@ -107,6 +107,33 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
             raise OSError(f"could not point {str(alias)!r} at {str(source)!r}: {err}") from err
 
+    def copy_checkpoint(self, source: Any, target: Any) -> None:
+        """Write ``target`` as a byte copy of the checkpoint ``source`` just written: atomically, fsynced.
+
+        The same contents without a second serialization, in a file of its own (damage done to one, say by a tool
+        writing in place, leaves the other). Skipped once a checkpoint write failed, so ``target`` keeps the last
+        checkpoint written in full; a failed copy counts as a failed write.
+        """
+        source, target = Path(source), Path(target)
+        if self._skip_after_failure(f"copying {str(source)!r} to {str(target)!r}"):
+            return
+        tmp = _temp_name(target)
+        try:
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+            dir_fd = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            if self.failed_save is None:
+                self.failed_save = str(target)
+            raise OSError(f"could not write checkpoint {str(target)!r} (a copy of {str(source)!r}): {err}") from err
+
     def teardown(self) -> None:
         """End of a Trainer run: the failure, if any, was raised; a later run starts afresh."""
         self.failed_save = None
@@ -163,6 +190,10 @@ class AsyncAtomicCheckpointIO(AtomicCheckpointIO):
     def remove_checkpoint(self, path: Any) -> None:
         """Remove ``path`` after the saves queued before it (never if one of them failed)."""
         self._submit(AtomicCheckpointIO.remove_checkpoint, self, path)
+
+    def copy_checkpoint(self, source: Any, target: Any) -> None:
+        """Copy ``source`` to ``target`` once the saves queued before it are on disk (never if one of them failed)."""
+        self._submit(AtomicCheckpointIO.copy_checkpoint, self, source, target)
 
     def wait(self) -> None:
         """Block until every queued save and removal is done; raise the first failure."""

@@ -113,3 +113,18 @@ def forget_train_loader(trainer: pl.Trainer) -> None:
     augmentations. Lightning has no public way to drop a loader it holds.
     """
     trainer.fit_loop._combined_loader = None
+
+
+def mark_saved(callback: ModelCheckpoint, trainer: pl.Trainer, filepath: str) -> None:
+    """What ``ModelCheckpoint._save_checkpoint`` records after a save (its step and file), and the loggers' notice.
+
+    For a save done without ``trainer.save_checkpoint``: ``RunCheckpoint`` links ``last.ckpt`` to the step's top-k
+    file instead of writing the same contents twice.
+    """
+    from weakref import proxy
+
+    callback._last_global_step_saved = trainer.global_step
+    callback._last_checkpoint_saved = filepath
+    if trainer.is_global_zero:
+        for logger in trainer.loggers:
+            logger.after_save_checkpoint(proxy(callback))
