@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.util import tensor_util
 from test_tensorboard_dashboard import _events, _text
@@ -279,3 +280,14 @@ def test_every_switch_resumes_bitwise_and_evaluates_as_one_process_under_ddp(une
     two = scalars(tmp_path / "runs/two/evaluations/validate_0")
     for key in ("val_acc", "val_loss", "val_ece"):
         assert two[key] == pytest.approx(one[key], abs=1e-6), key
+
+
+def test_lr_auto_searches_once_and_both_processes_train_at_its_rate(uneven_tree: Path, tmp_path: Path) -> None:
+    run(["fit", *base_args(uneven_tree, *DDP2, "--optimizer", "SGD", "--optimizer.lr", "auto")], tmp_path)
+    experiment = tmp_path / "runs/ddp"
+    assert [p.name for p in experiment.glob("lr_find*.png")] == ["lr_find.png"]  # rank 0 searched, once
+    saved = yaml.safe_load((experiment / "version_0/config.yaml").read_text(encoding="utf-8"))
+    lr = saved["optimizer"]["init_args"]["lr"]
+    assert isinstance(lr, float) and lr > 0
+    state = torch.load(experiment / "version_0/checkpoints/last.ckpt", weights_only=True)
+    assert {g["lr"] for g in state["optimizer_states"][0]["param_groups"]} == {lr}

@@ -164,7 +164,10 @@ def run_lr_find(argv: Sequence[str]) -> LRFindResult:
     from lightning.pytorch.tuner import Tuner
 
     with tempfile.TemporaryDirectory(prefix="lr_find_") as tmp:
-        forced = ["--trainer.logger", "false", "--trainer.default_root_dir", tmp]  # no run folder; temp checkpoint
+        # no run folder; a temporary checkpoint; one process (a fit config's DDP settings would have Lightning's
+        # launcher start more processes, each running this command again)
+        forced = ["--trainer.logger", "false", "--trainer.default_root_dir", tmp]
+        forced += ["--trainer.devices", "1", "--trainer.num_nodes", "1", "--trainer.strategy", "auto"]
         cli = LRFindCLI(
             args=[*argv, *forced],
             run=False,
