@@ -11,6 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 from lit_transfer.callbacks import FeatureCache
 from lit_transfer.callbacks.checkpoint import AsyncAtomicCheckpointIO
 from lit_transfer.cli import LitTransferCLI
@@ -96,3 +99,25 @@ print(gpu.markdown(rows, gpu.describe_machine(setup, "--peak-tflops"), setup))
     assert "ours / plain loop" in done.stdout
     assert "| G1 | parity x: ours ÷ plain loop (img/s) | **0.995** |" in done.stdout
     assert "0.98 ok" in done.stdout and "MFU" in done.stdout
+
+
+def test_epoch_seeder_seeds_like_torch_manual_seed_and_every_available_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lit_transfer.callbacks import reproducibility
+
+    torch.manual_seed(1234)
+    expected = torch.rand(5)
+    torch.manual_seed(0)
+    reproducibility._seed_torch(1234, ())
+    assert torch.equal(torch.rand(5), expected)  # the CPU stream is torch.manual_seed's
+
+    seeded: list[tuple[str, int]] = []
+    for name in ("cuda", "xpu", "mtia"):
+        backend = getattr(torch, name)
+        monkeypatch.setattr(backend, "manual_seed_all", lambda s, n=name: seeded.append((n, s)))
+        monkeypatch.setattr(backend, "is_initialized", lambda: False)
+        monkeypatch.setattr(backend, "is_available", lambda n=name: n == "cuda")  # a GPU not initialized yet
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    backends = reproducibility.device_backends()
+    assert backends == (torch.cuda,)
+    reproducibility._seed_torch(7, backends)
+    assert seeded == [("cuda", 7)]  # queued for when CUDA initializes, as torch.manual_seed does; absent ones skipped
