@@ -12,6 +12,7 @@ from torchmetrics import MetricCollection
 
 from lit_transfer.core.errors import ConfigError
 from lit_transfer.models import RotNetClassifier
+from lit_transfer.models.metrics import logged_names
 
 
 def check_experiment_name(name: str) -> None:
@@ -33,7 +34,7 @@ def check_monitor(callback: Any, model: Any) -> None:
         logged.add(f"{stage}_loss")
         if f"{stage}_metrics" in collections:
             metrics = cast(MetricCollection, collections[f"{stage}_metrics"])
-            logged |= {str(name) for name in metrics.keys(keep_base=False)}
+            logged |= logged_names(metrics)
         if isinstance(model, RotNetClassifier):  # added in its setup()
             logged |= {f"{stage}_angle_error", f"{stage}_angle_error_median", f"{stage}_parity_acc"}
     if monitor in logged or monitor.startswith("lr-"):  # lr-*: LearningRateMonitor

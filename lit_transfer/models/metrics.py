@@ -16,7 +16,6 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric, Metric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from lit_transfer.core.contract import trainer_data_info
 from lit_transfer.models.calibration import ECE_BINS, SoftmaxCalibrationError
@@ -25,28 +24,78 @@ STAGES: tuple[str, ...] = ("train", "val", "test")
 METRIC_FLUSH_BATCHES = 32  # batches whose metric inputs are buffered before one torchmetrics update
 
 
+class ClassificationCounts(Metric):
+    """Accuracy, macro F1 and (``top_k`` > 0) top-k accuracy of an epoch from per-class counts, in one pass.
+
+    The same values as torchmetrics' ``MulticlassAccuracy`` (micro, and ``top_k``) and ``MulticlassF1Score``
+    (macro: classes that are neither predicted nor present are left out, as scikit-learn leaves them out), for a
+    third of their update cost: one arg-max, three ``bincount`` calls and one ``topk`` per update, where the three
+    metrics each build their own statistics (``benchmarks/RESULTS.md``, step overhead). The state is three counts
+    per class, summed across processes.
+    """
+
+    full_state_update = False
+    hits: torch.Tensor
+    predicted: torch.Tensor
+    actual: torch.Tensor
+    top_hits: torch.Tensor
+
+    def __init__(self, num_classes: int, top_k: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.num_classes, self.top_k = num_classes, top_k
+        for name in ("hits", "predicted", "actual"):
+            self.add_state(name, torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("top_hits", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    @property
+    def names(self) -> list[str]:
+        """The keys :meth:`compute` returns."""
+        return ["acc", "f1", *([f"acc_top{self.top_k}"] if self.top_k else [])]
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """Count a batch's ``(N, C)`` scores against its ``(N,)`` labels."""
+        predicted = logits.argmax(dim=1)
+        self.hits += torch.bincount(targets[predicted == targets], minlength=self.num_classes)
+        self.predicted += torch.bincount(predicted, minlength=self.num_classes)
+        self.actual += torch.bincount(targets, minlength=self.num_classes)
+        if self.top_k:
+            self.top_hits += (logits.topk(self.top_k, dim=1).indices == targets[:, None]).any(dim=1).sum()
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """``acc``, ``f1`` and (with ``top_k``) ``acc_top<k>``."""
+        total = self.actual.sum().clamp(min=1).float()
+        tp = self.hits.float()
+        errors = (self.predicted - self.hits + self.actual - self.hits).float()  # false positives + false negatives
+        seen = (tp + errors) > 0
+        f1 = torch.where(seen, 2 * tp / (2 * tp + errors).clamp(min=1), torch.zeros_like(tp))
+        out = {"acc": tp.sum() / total, "f1": f1.sum() / seen.sum().clamp(min=1).float()}
+        if self.top_k:
+            out[f"acc_top{self.top_k}"] = self.top_hits.float() / total
+        return out
+
+
 def stage_metrics(num_classes: int) -> nn.ModuleDict:
     """``<stage>_metrics`` collections (accuracy, macro F1, top-5 accuracy above five classes) for every stage.
 
     Validation and test add the expected calibration error (``val_ece``, ``test_ece``: 15 bins, L1), which keeps two
     numbers per image until the epoch ends; training images are augmented, and their calibration is not the model's.
     """
-    # Input validation would make the host wait for the device at each update; cross_entropy already checked the
-    # targets.
-    metrics: dict[str, Metric | MetricCollection] = {
-        "acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
-        "f1": MulticlassF1Score(num_classes, average="macro", validate_args=False),
-    }
-    if num_classes > 5:
-        metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro", validate_args=False)
-    # compute_groups would merge metrics whose states are equal after the first update: a first batch that is all
-    # correct at top-1 makes macro F1 and top-5 accuracy look alike, and val_f1 then reports top-5 counts.
-    base = MetricCollection(metrics, compute_groups=False)
+    counts = ClassificationCounts(num_classes, top_k=5 if num_classes > 5 else 0)
+    base = MetricCollection({"counts": counts}, compute_groups=False)
     collections = {f"{s}_metrics": base.clone(prefix=f"{s}_") for s in STAGES}
     for stage in ("val", "test"):
         ece = SoftmaxCalibrationError(num_classes, n_bins=ECE_BINS, norm="l1", validate_args=False)
         collections[f"{stage}_metrics"].add_metrics({"ece": ece})
     return nn.ModuleDict(collections)
+
+
+def logged_names(collection: MetricCollection) -> set[str]:
+    """The names a stage's collection logs (``val_acc``, ``val_f1``, …): a metric that computes several gives each."""
+    names: set[str] = set()
+    for key, metric in collection.items(keep_base=True):
+        parts = getattr(metric, "names", None)
+        names |= {f"{collection.prefix or ''}{n}" for n in parts} if parts else {f"{collection.prefix or ''}{key}"}
+    return names
 
 
 def stage_losses() -> nn.ModuleDict:

@@ -71,3 +71,40 @@ def test_metrics_stay_separate_when_the_first_update_is_all_correct() -> None:
     assert logged["val_f1"] == pytest.approx(f1_score(labels, logits.argmax(1), average="macro"), abs=1e-6)
     assert logged["val_acc"] == pytest.approx(accuracy_score(labels, logits.argmax(1)), abs=1e-6)
     assert logged["val_acc_top5"] == pytest.approx(top_k_accuracy_score(labels, logits, k=5), abs=1e-6)
+
+
+@pytest.mark.parametrize("num_classes", [3, 12])
+def test_classification_counts_equal_torchmetrics_and_scikit_learn(num_classes: int) -> None:
+    from sklearn.metrics import f1_score, top_k_accuracy_score
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+    from lit_transfer.models.metrics import ClassificationCounts
+
+    generator = torch.Generator().manual_seed(num_classes)
+    counts = ClassificationCounts(num_classes, top_k=5 if num_classes > 5 else 0)
+    reference = {
+        "acc": MulticlassAccuracy(num_classes, average="micro"),
+        "f1": MulticlassF1Score(num_classes, average="macro"),
+    }
+    if num_classes > 5:
+        reference["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+    batches = []
+    for size in (7, 64, 1):
+        logits = torch.randn(size, num_classes, generator=generator)
+        labels = torch.randint(0, num_classes - 1, (size,), generator=generator)  # the last class never occurs
+        logits[:, -1] -= 10 if size == 64 else 0  # ... and is rarely predicted
+        batches.append((logits, labels))
+        counts.update(logits, labels)
+        for metric in reference.values():
+            metric.update(logits, labels)
+    got = {k: v.item() for k, v in counts.compute().items()}
+    assert got.keys() == reference.keys()
+    for key, metric in reference.items():
+        assert got[key] == pytest.approx(metric.compute().item(), abs=1e-6), key
+    logits = torch.cat([b[0] for b in batches]).numpy()
+    labels = torch.cat([b[1] for b in batches]).numpy()
+    assert got["f1"] == pytest.approx(f1_score(labels, logits.argmax(1), average="macro"), abs=1e-6)
+    if num_classes > 5:
+        assert got["acc_top5"] == pytest.approx(
+            top_k_accuracy_score(labels, logits, k=5, labels=range(num_classes)), abs=1e-6
+        )
