@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from lit_transfer.core.batches import FeatureBatch
+from lit_transfer.core.batches import FeatureBatch, FeatureSteps
 from lit_transfer.core.batches import keep_batch as keep_batch  # re-exported: the feature loaders' collate
 
 FORMAT_VERSION = 1
@@ -102,6 +102,51 @@ class FeatureDataset(Dataset):
 
     def __getitem__(self, item: Any) -> FeatureBatch:
         return self.__getitems__([item])
+
+
+class FusedFeatureDataset(Dataset):
+    """A training split's cached features served ``steps`` batches at a time, as one :class:`FeatureSteps`.
+
+    Its loader draws ``steps * batch_size`` items per batch from the same sampler; the items are cut into batches of
+    ``batch_size`` and each is read as :class:`FeatureDataset` reads it, so the batches are the unfused loader's.
+    A last batch of a single row is left out, as the image loader leaves it out (``drop_last`` for one image).
+    """
+
+    def __init__(self, inner: FeatureDataset, batch_size: int, steps: int) -> None:
+        if steps < 1 or batch_size < 1:
+            raise ValueError(f"fused steps need steps >= 1 and batch_size >= 1, not {steps} and {batch_size}")
+        self.inner = inner
+        self.batch_size = batch_size
+        self.steps_per_batch = steps
+
+    @property
+    def targets(self) -> np.ndarray:
+        """The split's labels."""
+        return self.inner.targets
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def batches_for(self, items: int) -> int:
+        """The training batches (optimizer steps) of an epoch of ``items`` items: a last one of one row is left out."""
+        return items // self.batch_size + (1 if items % self.batch_size > 1 else 0)
+
+    def __getitems__(self, items: Sequence[Any]) -> FeatureSteps:
+        size = self.batch_size
+        chunks = [items[s : s + size] for s in range(0, len(items), size)]
+        if size > 1 and chunks and len(chunks[-1]) == 1:  # only an epoch's last chunk can be short
+            chunks.pop()
+        batches = [self.inner.__getitems__(chunk) for chunk in chunks]
+        if not batches:
+            empty = self.inner.__getitems__([])
+            return FeatureSteps(empty.features, empty.targets, empty.indices, [], [])
+        return FeatureSteps(
+            torch.cat([b.features for b in batches]),
+            torch.cat([b.targets for b in batches]),
+            torch.cat([b.indices for b in batches]),
+            [bad for b in batches for bad in b.bad],
+            [len(b.targets) for b in batches],
+        )
 
 
 def entry_is_complete(folder: Path, key: str) -> bool:

@@ -128,3 +128,52 @@ def mark_saved(callback: ModelCheckpoint, trainer: pl.Trainer, filepath: str) ->
     if trainer.is_global_zero:
         for logger in trainer.loggers:
             logger.after_save_checkpoint(proxy(callback))
+
+
+def epoch_batches_ready(trainer: pl.Trainer) -> bool:
+    """``_TrainingEpochLoop._num_ready_batches_reached``: whether the batch just trained ends the training epoch.
+
+    Lightning steps ``interval: epoch`` schedulers at that point in automatic optimization; the fused steps of
+    cached features (manual optimization) step them there themselves.
+    """
+    return bool(trainer.fit_loop.epoch_loop._num_ready_batches_reached())
+
+
+def share_step_count(checkpoint: dict[str, Any]) -> None:
+    """Give a checkpoint's automatic and manual optimization step counters the same (larger) value.
+
+    ``trainer.global_step`` reads the automatic-optimization counter or the manual one, whichever the module uses;
+    a run saved by one and resumed by the other (``fused_steps`` turned on or off) would otherwise restart its step
+    count (and every step-based schedule) from 0.
+    """
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    auto = loop.get("epoch_loop.automatic_optimization.optim_progress", {}).get("optimizer", {}).get("step", {})
+    manual = loop.get("epoch_loop.manual_optimization.optim_step_progress", {})
+    if not auto or not manual:
+        return
+    for part in ("total", "current"):
+        if part in auto and part in manual:
+            for field in ("ready", "completed"):
+                value = max(int(auto[part].get(field, 0)), int(manual[part].get(field, 0)))
+                auto[part][field] = manual[part][field] = value
+
+
+def share_live_step_count(trainer: pl.Trainer) -> None:
+    """:func:`share_step_count` on a running trainer's loop, before a module switches back from manual optimization."""
+    loop = trainer.fit_loop.epoch_loop
+    automatic = loop.automatic_optimization.optim_progress.optimizer.step
+    manual = loop.manual_optimization.optim_step_progress
+    fit = {
+        "epoch_loop.automatic_optimization.optim_progress": {"optimizer": {"step": automatic.state_dict()}},
+        "epoch_loop.manual_optimization.optim_step_progress": manual.state_dict(),
+    }
+    share_step_count({"loops": {"fit_loop": fit}})
+    automatic.load_state_dict(fit["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]["step"])
+    manual.load_state_dict(fit["epoch_loop.manual_optimization.optim_step_progress"])
+
+
+def count_optimizer_step(trainer: pl.Trainer) -> None:
+    """What ``LightningOptimizer.step`` records in manual optimization: one more step (``trainer.global_step``)."""
+    progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+    progress.increment_ready()
+    progress.increment_completed()

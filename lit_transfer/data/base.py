@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lit_transfer.core.batches import BadSample as BadSample  # re-exported
-from lit_transfer.core.batches import Batch, FeatureBatch
+from lit_transfer.core.batches import Batch, FeatureBatch, FeatureSteps
 from lit_transfer.core.preprocessing import Preprocessing
 from lit_transfer.core.run_folder import run_dir
 from lit_transfer.core.seeding import mix_seed as mix_seed  # re-exported
@@ -336,7 +336,7 @@ class BaseImageDataModule(pl.LightningDataModule):
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Report files that failed to decode in a worker (once each), in the main process."""
-        if isinstance(batch, Batch | FeatureBatch) and batch.bad:
+        if isinstance(batch, Batch | FeatureBatch | FeatureSteps) and batch.bad:
             new = [b for b in batch.bad if b.path not in self._reported]
             if new:
                 self._reported |= {b.path for b in new}
@@ -399,6 +399,10 @@ class BaseImageDataModule(pl.LightningDataModule):
 
     # --- loaders --------------------------------------------------------------------------------------------------
 
+    def split_dataset(self, split: str) -> Any:
+        """The dataset of ``split`` after ``setup`` (``None`` when the split has none)."""
+        return self._datasets.get(split)
+
     @property
     def dataset_wrapper(self) -> DatasetWrapper | None:
         """The hook registered with :meth:`set_dataset_wrapper`, or ``None``."""
@@ -409,8 +413,9 @@ class BaseImageDataModule(pl.LightningDataModule):
 
         Every loader built while a hook is registered calls ``wrapper(self, split, dataset)``. A dataset it returns
         is loaded instead of ``dataset`` with the same sampler, batch size and ``drop_last``, so the batches are the
-        same and in the same order; it is read in the main process, and its items are whole batches (built by its
-        ``__getitems__``, as :class:`~lit_transfer.features.FeatureDataset` does) that
+        same and in the same order (a dataset with ``steps_per_batch`` K is drawn K batches at a time and cuts them
+        itself, :class:`~lit_transfer.features.FusedFeatureDataset`); it is read in the main process, and its items
+        are whole batches (built by its ``__getitems__``, as :class:`~lit_transfer.features.FeatureDataset` does) that
         :func:`~lit_transfer.core.batches.keep_batch` passes through. ``None`` keeps the image loader. One hook at a
         time: the FeatureCache callback registers one in ``setup`` and removes it in ``teardown``.
         """

@@ -117,13 +117,14 @@ def build_loader(
         loader, sampler, options = ResumableLoader, ResumeSampler(sampler), {"progress": progress}
     if cached is not None:
         # the same sampler over the cached features: the same batches as the image loader, without decoding
+        steps = int(getattr(cached, "steps_per_batch", 1))  # fused steps: several batches at a time
         return loader(
             cached,
-            batch_size=batch_size,
+            batch_size=batch_size * steps,
             sampler=sampler,
             num_workers=0,
             collate_fn=keep_batch,
-            drop_last=drop_last,
+            drop_last=drop_last and steps == 1,  # fused: the dataset leaves out a last batch of one row itself
             pin_memory=pin_memory,
             generator=torch.Generator().manual_seed(seed),
             **options,

@@ -42,6 +42,7 @@ from lit_transfer.models.freezing import (
     parameter_table,
     set_frozen_bn_eval,
 )
+from lit_transfer.models.fused_steps import fused_batch_end, fused_training_step
 from lit_transfer.models.heads import build_head
 from lit_transfer.models.layer_groups import check_layer_decay
 from lit_transfer.models.metrics import METRIC_FLUSH_BATCHES, EpochMetricsModule
@@ -334,8 +335,16 @@ class TransferClassifier(EpochMetricsModule):
         return loss, logits
 
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor | None:
-        """Cross-entropy on one batch."""
+        """Cross-entropy on one batch (with ``cache_features.fused_steps``: each of several, one step each)."""
+        if not self.automatic_optimization:
+            fused_training_step(self, batch, batch_idx, lambda one: self._shared_step(one, "train")[0])
+            return None
         return self._shared_step(batch, "train")[0]
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """With fused steps, step the epoch-wise schedulers where Lightning would (after the epoch's last batch)."""
+        if not self.automatic_optimization:
+            fused_batch_end(self)
 
     def validation_step(self, batch: Sequence[Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
         """Accumulate validation loss and metrics; the logits go on to callbacks (TensorBoardReports)."""

@@ -63,6 +63,14 @@ def step_counts(trainer: pl.Trainer) -> StepCounts:
     batches = trainer.num_training_batches
     per_epoch = math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else math.inf
     counts = StepCounts(per_epoch=per_epoch, total=trainer.estimated_stepping_batches)
+    loader = trainer.train_dataloader
+    fused = getattr(loader, "dataset", None)
+    if hasattr(fused, "batches_for") and getattr(fused, "steps_per_batch", 1) > 1:
+        # fused steps (FusedFeatureDataset): a Lightning batch is several optimizer steps; accumulation is refused
+        per_epoch = fused.batches_for(len(loader.sampler))  # type: ignore[union-attr]
+        epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else math.inf
+        total = per_epoch * max(epochs, 1) if per_epoch else 0
+        counts = StepCounts(per_epoch, min(total, trainer.max_steps) if trainer.max_steps != -1 else total)
     if built_here and trainer.ckpt_path is not None:
         forget_train_loader(trainer)  # a resumed run's loader must start at the restored epoch: built again later
     return counts
