@@ -185,7 +185,8 @@ def test_sigterm_to_one_rank_ends_the_job(uneven_tree: Path, tmp_path: Path) -> 
 
 
 def test_feature_cache_under_ddp_matches_uncached(uneven_tree: Path, tmp_path: Path) -> None:
-    """Each rank extracts its shard, rank 0 publishes one entry per split; training and predictions are unchanged."""
+    """Each rank extracts its shard, rank 0 publishes one entry per split; training (fused steps too) and predictions
+    are unchanged."""
     extra = (*DDP2, "--model.freeze", "backbone", "--data.augmentation", "none", "--trainer.max_epochs", "2")
     run(["fit", *base_args(uneven_tree, *extra, "--cache_features.enabled", "false", experiment="plain")], tmp_path)
     run(["fit", *base_args(uneven_tree, *extra, experiment="cached")], tmp_path)
@@ -194,12 +195,17 @@ def test_feature_cache_under_ddp_matches_uncached(uneven_tree: Path, tmp_path: P
     plain, cached = scalars(tmp_path / "runs/plain/version_0"), scalars(tmp_path / "runs/cached/version_0")
     for key in ("val_acc", "val_loss", "train_loss", "train_acc"):
         assert cached[key] == pytest.approx(plain[key], abs=1e-5), key
-    heads = [
-        torch.load(tmp_path / f"runs/{name}/version_0/checkpoints/last.ckpt", weights_only=True)["state_dict"]
-        for name in ("plain", "cached")
+    # fused steps (manual optimization, gradients synchronised by manual_backward): the same steps and weights
+    run(["fit", *base_args(uneven_tree, *extra, "--cache_features.fused_steps", "3", experiment="fused")], tmp_path)
+    checkpoints = [
+        torch.load(tmp_path / f"runs/{name}/version_0/checkpoints/last.ckpt", weights_only=True)
+        for name in ("plain", "cached", "fused")
     ]
+    assert checkpoints[2]["global_step"] == checkpoints[0]["global_step"] > 0
+    heads = [c["state_dict"] for c in checkpoints]
     for key in (k for k in heads[0] if k.startswith("head.")):
         torch.testing.assert_close(heads[1][key], heads[0][key], rtol=0, atol=1e-5)
+        torch.testing.assert_close(heads[2][key], heads[0][key], rtol=0, atol=1e-5)
     ckpt = str(tmp_path / "runs/cached/version_0/checkpoints/last.ckpt")
     run(["predict", *base_args(uneven_tree, *extra, experiment="cached"), "--ckpt_path", ckpt,
          "--data.predict_dir", str(uneven_tree / "green")], tmp_path)  # fmt: skip
