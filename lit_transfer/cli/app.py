@@ -75,6 +75,18 @@ TRAINER_COMMANDS = {
 _EVALUATED = {"fit": "val", "validate": "val", "test": "test", "predict": "predict"}
 
 
+def requested_subcommand(args: Any, subcommands: Any) -> str | None:
+    """The Trainer command a command line runs when it names it first (``fit --config X``), else ``None``.
+
+    Only a first argument decides for certain: after a top-level ``--config`` or ``--help``, or for a dict of
+    settings, every command's parser is needed.
+    """
+    if args is not None and not isinstance(args, list | tuple):
+        return None
+    argv = list(args) if args is not None else sys.argv[1:]
+    return str(argv[0]) if argv and argv[0] in subcommands else None
+
+
 class LitTransferCLI(LightningCLI):
     """LightningCLI in subclass mode for models and data modules, with lit_transfer's defaults.
 
@@ -84,6 +96,7 @@ class LitTransferCLI(LightningCLI):
 
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        self._requested = requested_subcommand(args, self.subcommands())
         super().__init__(
             model_class=TransferClassifier,
             datamodule_class=BaseImageDataModule,
@@ -134,6 +147,18 @@ class LitTransferCLI(LightningCLI):
         for name, command in COMMANDS.items():
             placeholder = ArgumentParser(prog=f"lit_transfer {name}", description=command.summary)
             action.add_subcommand(name, placeholder, help=command.summary)
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        """The parser of ``subcommand``; for a Trainer command the command line does not run, a placeholder.
+
+        Each full parser costs some 30 ms of start-up (the signatures of Trainer, model, data and callbacks), and
+        ``fit --config X`` needs only fit's. The placeholder keeps the command in ``--help``, in "invalid choice"
+        errors and in the order of the choices. A private hook of LightningCLI (see
+        :mod:`lit_transfer.core.lightning_private`).
+        """
+        if self._requested is not None and subcommand != self._requested:
+            return self.init_parser(**kwargs)
+        return super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse the command line; a bad key or value is one configuration error naming it (and what is valid).

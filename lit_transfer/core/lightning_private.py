@@ -1,11 +1,12 @@
 """Every use of a private Lightning API in lit_transfer, each with the behaviour it works around.
 
 Private names can change in any Lightning release; ``pyproject.toml`` bounds ``lightning`` below the next minor
-version, and this module is the one place to update when it moves. Besides the functions here, three private hooks
+version, and this module is the one place to update when it moves. Besides the functions here, four private hooks
 are overridden: ``LightningCLI._add_subcommands`` (one-line help per command, the extra commands listed in
 ``--help``), ``LightningCLI._parse_ckpt_path`` (``--ckpt_path last|best``, the checkpoint class allow-list, one-line
-errors) and ``ModelCheckpoint._save_checkpoint`` (``best.ckpt`` and ``last.ckpt`` kept current); each override
-names this module.
+errors), ``LightningCLI._prepare_subcommand_parser`` (only the parser of the Trainer command a command line names
+first is built; the others are placeholders) and ``ModelCheckpoint._save_checkpoint`` (``best.ckpt`` and
+``last.ckpt`` kept current); each override names this module.
 """
 
 from __future__ import annotations
