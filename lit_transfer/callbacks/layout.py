@@ -15,6 +15,9 @@ from typing import Any
 
 from tensorboard.plugins.custom_scalar import layout_pb2  # type: ignore[import-untyped]
 from tensorboard.plugins.custom_scalar.metadata import CONFIG_SUMMARY_TAG  # type: ignore[import-untyped]
+from torchmetrics import MetricCollection
+
+from lit_transfer.core.metric_names import logged_names
 
 STAGE_PREFIXES = ("train", "val")
 # Lightning's LearningRateMonitor logs lr-<Optimizer>[/<group>] and, when asked, the same with -momentum and
@@ -43,8 +46,8 @@ def logged_metric_names(pl_module: Any) -> set[str]:
         if losses is not None and f"{stage}_loss" in losses:
             names.add(f"{stage}_loss")
         collection = metrics[f"{stage}_metrics"] if metrics is not None and f"{stage}_metrics" in metrics else None
-        if collection is not None and hasattr(collection, "keys"):
-            names.update(str(k) for k in collection.keys(keep_base=False))  # prefixed: val_acc, val_f1, …
+        if isinstance(collection, MetricCollection):
+            names |= logged_names(collection)  # prefixed: val_acc, val_f1, …
     return names
 
 

@@ -11,8 +11,8 @@ import yaml
 from torchmetrics import MetricCollection
 
 from lit_transfer.core.errors import ConfigError
+from lit_transfer.core.metric_names import logged_names
 from lit_transfer.models import RotNetClassifier
-from lit_transfer.models.metrics import logged_names
 
 
 def check_experiment_name(name: str) -> None:

@@ -18,6 +18,7 @@ from torch import nn
 from torchmetrics import MeanMetric, Metric, MetricCollection
 
 from lit_transfer.core.contract import trainer_data_info
+from lit_transfer.core.metric_names import logged_names as logged_names  # re-exported
 from lit_transfer.models.calibration import ECE_BINS, SoftmaxCalibrationError
 
 STAGES: tuple[str, ...] = ("train", "val", "test")
@@ -87,15 +88,6 @@ def stage_metrics(num_classes: int) -> nn.ModuleDict:
         ece = SoftmaxCalibrationError(num_classes, n_bins=ECE_BINS, norm="l1", validate_args=False)
         collections[f"{stage}_metrics"].add_metrics({"ece": ece})
     return nn.ModuleDict(collections)
-
-
-def logged_names(collection: MetricCollection) -> set[str]:
-    """The names a stage's collection logs (``val_acc``, ``val_f1``, …): a metric that computes several gives each."""
-    names: set[str] = set()
-    for key, metric in collection.items(keep_base=True):
-        parts = getattr(metric, "names", None)
-        names |= {f"{collection.prefix or ''}{n}" for n in parts} if parts else {f"{collection.prefix or ''}{key}"}
-    return names
 
 
 def stage_losses() -> nn.ModuleDict:
