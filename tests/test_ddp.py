@@ -297,3 +297,18 @@ def test_lr_auto_searches_once_and_both_processes_train_at_its_rate(uneven_tree:
     assert isinstance(lr, float) and lr > 0
     state = torch.load(experiment / "version_0/checkpoints/last.ckpt", weights_only=True)
     assert {g["lr"] for g in state["optimizer_states"][0]["param_groups"]} == {lr}
+
+
+def test_a_finished_command_destroys_the_process_group(image_tree: Path, in_tmp: Path) -> None:
+    """Left to interpreter shutdown, Gloo's threads can abort a process that finished well (SIGABRT under torchrun)."""
+    from test_cli import tiny_args
+
+    from lit_transfer.cli import main
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{in_tmp / 'store'}", rank=0, world_size=1)
+    try:
+        main(["fit", *tiny_args(image_tree)])
+        assert not torch.distributed.is_initialized()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

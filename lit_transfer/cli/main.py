@@ -17,6 +17,7 @@ from lit_transfer.commands import COMMANDS
 from lit_transfer.commands import run as run_command
 from lit_transfer.commands.lr_find import with_auto_lr
 from lit_transfer.core.errors import CheckpointMismatchError, ConfigError
+from lit_transfer.core.launch import close_process_group
 from lit_transfer.core.run_folder import keep_reserved, release_unused
 from lit_transfer.data.images import BadImageError
 
@@ -47,6 +48,7 @@ def main(args: list[str] | None = None) -> None:
             elif resolved != argv:
                 args = resolved
         LitTransferCLI(args=args)
+        close_process_group()
     except (ConfigError, CheckpointMismatchError) as err:
         release_unused()
         where = config_hint(argv, err, LitTransferCLI.subcommands())

@@ -16,3 +16,17 @@ def launch_rank() -> int:
     node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")) or 0)
     local = int(os.environ.get("LOCAL_RANK", "0") or 0)
     return 0 if node == 0 and local == 0 else max(1, node + local)
+
+
+def close_process_group() -> None:
+    """Destroy the default process group, if any, once a command has finished on every process.
+
+    Without it the interpreter can shut down while Gloo's worker threads still hold tensors, and a process that
+    trained and tested correctly aborts at exit ("terminate called without an active exception", SIGABRT), so
+    torchrun reports the whole job failed (pytorch/pytorch#179291). Only after success: after an error other ranks
+    may still be inside a collective, and destroying the group under them could hang.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
