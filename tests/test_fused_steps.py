@@ -108,6 +108,7 @@ def test_fused_batches_are_the_unfused_batches(tree_factory, tmp_path: Path) -> 
     "extra, named",
     [
         (["--trainer.limit_train_batches", "2"], "trainer.limit_train_batches=2"),
+        (["--trainer.limit_train_batches", "1"], "trainer.limit_train_batches=1"),  # one batch, not 1.0 of them
         (["--trainer.val_check_interval", "2"], "trainer.val_check_interval=2"),
         (["--trainer.accumulate_grad_batches", "2"], "trainer.accumulate_grad_batches=2"),
         (["--ema.enabled", "true"], "EMA"),

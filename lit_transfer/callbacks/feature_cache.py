@@ -263,7 +263,8 @@ class FeatureCache(Callback):
 
 def fused_refusal(trainer: pl.Trainer, pl_module: pl.LightningModule) -> str | None:
     """The first setting whose meaning counts Lightning batches, which fused steps would change; ``None`` if none."""
-    if trainer.limit_train_batches not in (1.0, None):
+    limit = trainer.limit_train_batches
+    if limit is not None and (isinstance(limit, int) or limit != 1.0):  # an int counts batches: 1 is one batch
         return f"trainer.limit_train_batches={trainer.limit_train_batches} (it would count fused batches)"
     if isinstance(trainer.val_check_interval, int) or trainer.val_check_interval != 1.0:
         return f"trainer.val_check_interval={trainer.val_check_interval} (validation within an epoch)"
